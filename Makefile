@@ -1,0 +1,37 @@
+# make demo  -- train the digits demo and write its pictures into demo/
+# make test  -- lint and run the test suite
+# Both create or update the virtual environment .venv; torch is pinned (override: make test TORCH=2.5.1).
+PYTHON ?= python3
+TORCH ?= 2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-torch-$(TORCH)
+EXTRAS ?= dev
+
+.PHONY: venv test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "torch==$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.stamp-torch-*
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/difflab demo --out demo
+
+bench: venv
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,bench]"
+	$(BIN)/python benchmarks/samplers.py
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

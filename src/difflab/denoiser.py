@@ -1,0 +1,116 @@
+"""The denoiser contract: ``den(x, t, **cond) -> x0_hat``, the posterior mean E[x_0 | x_t].
+
+Every solver consumes only this.  :class:`Denoiser` turns a network predicting eps,
+x0, v, score or velocity (or an EDM-preconditioned network) into one; any callable
+with the same signature works too, e.g. ``toy.GaussianMixture(...).denoiser(schedule)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from difflab.parameterization import batch_times, check_prediction, edm_precond, to_x0
+from difflab.schedules import Schedule, TimeLike, _bcast
+
+__all__ = ["Denoiser", "DenoiserFn"]
+
+
+class DenoiserFn(Protocol):
+    def __call__(self, x: Tensor, t: TimeLike, **cond) -> Tensor: ...
+
+
+TIME_INPUTS = ("default", "t", "index", "sigma", "log_sigma", "lambda")
+
+
+class Denoiser:
+    """Wrap a network ``net(x, t_in, **cond)`` as a denoiser.
+
+    Args:
+        net: the network; its output has x's shape (or twice its channels with
+            ``learned_variance=True``, the first half being the mean prediction).
+        schedule: the schedule it was trained with.
+        prediction: ``eps``, ``x0``, ``v``, ``score``, ``velocity`` or ``edm`` (the net
+            is EDM's F_theta with Karras et al.'s preconditioning, applied in the
+            scale-free frame x/alpha, sigma/alpha).
+        time_input: what the net sees as time: ``default`` (``schedule.network_time``:
+            the step index for discrete schedules), ``t``, ``index`` (tT - 1),
+            ``sigma``, ``log_sigma``, ``lambda`` or a callable t -> input.
+        learned_variance: the net also outputs variance channels (Nichol & Dhariwal 2021).
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Tensor],
+        schedule: Schedule,
+        prediction: str = "eps",
+        time_input: str | Callable[[Tensor], Tensor] = "default",
+        learned_variance: bool = False,
+        sigma_data: float = 0.5,
+    ) -> None:
+        if prediction != "edm":
+            check_prediction(prediction)
+        if not callable(time_input) and time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; valid: {', '.join(TIME_INPUTS)} or a callable")
+        if time_input == "index" and schedule.T is None:
+            raise ValueError(f"time_input='index' needs a discrete schedule, got {schedule!r}")
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+        self.time_input, self.learned_variance, self.sigma_data = time_input, learned_variance, sigma_data
+
+    def _net_dtype(self, x: Tensor) -> torch.dtype:
+        if isinstance(self.net, nn.Module):
+            for p in self.net.parameters():
+                return p.dtype
+        return x.dtype
+
+    def net_time(self, t: Tensor) -> Tensor:
+        sch, ti = self.schedule, self.time_input
+        if callable(ti):
+            return ti(t)
+        if ti == "default":
+            return sch.network_time(t)
+        return {
+            "t": lambda: t,
+            "index": lambda: t * sch.T - 1,
+            "sigma": lambda: sch.sigma(t),
+            "log_sigma": lambda: sch.log_sigma(t),
+            "lambda": lambda: sch.lam(t),
+        }[ti]()
+
+    def raw(self, x: Tensor, t: TimeLike, **cond) -> Tensor:
+        """The network output at (x, t), in x's dtype (all channels)."""
+        tb = batch_times(t, x)
+        dt = self._net_dtype(x)
+        out = self.net(x.to(dt), self.net_time(tb).to(dt), **cond)
+        return out.to(x.dtype)
+
+    def __call__(self, x: Tensor, t: TimeLike, **cond) -> Tensor:
+        tb = batch_times(t, x)
+        if self.prediction == "edm":
+            return self._edm(x, tb, **cond)
+        out = self.raw(x, tb, **cond)
+        if self.learned_variance:
+            out = out[:, : x.shape[1]]
+        if out.shape != x.shape:
+            raise ValueError(
+                f"network output shape {tuple(out.shape)} does not match input {tuple(x.shape)}"
+                + (
+                    " (pass learned_variance=True if it predicts variances too)"
+                    if out.shape[1] == 2 * x.shape[1]
+                    else ""
+                )
+            )
+        return to_x0(self.prediction, out, x, tb, self.schedule)
+
+    def _edm(self, x: Tensor, tb: Tensor, **cond) -> Tensor:
+        sch = self.schedule
+        alpha = sch.alpha(tb)
+        sig = sch.sigma(tb) / alpha  # the scale-free noise level e^{-lambda}
+        c_skip, c_out, c_in, c_noise = edm_precond(sig, self.sigma_data)
+        xs = x / _bcast(alpha, x)
+        dt = self._net_dtype(x)
+        f = self.net((_bcast(c_in, x) * xs).to(dt), c_noise.to(dt), **cond).to(x.dtype)
+        return _bcast(c_skip, x) * xs + _bcast(c_out, x) * f
