@@ -1,0 +1,1 @@
+"""Networks only: they import torch, never difflab's diffusion code."""
