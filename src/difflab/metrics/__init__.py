@@ -1,0 +1,40 @@
+"""Sample-quality metrics.
+
+- In a feature network's space (:mod:`~difflab.metrics.features`; shipped: ``digits``,
+  ``fashion_mnist``): :func:`fid` (Heusel et al. 2017), :func:`kid` (Binkowski et al. 2018),
+  :func:`precision_recall` (Kynkaanniemi et al. 2019).
+- On raw low-dimensional data: :func:`sliced_wasserstein`, :func:`mmd2`.
+- :func:`classifier_accuracy` of class-conditional samples under a shipped classifier.
+- :func:`evaluate`: samples + real data + metric names -> dict (what ``difflab eval`` calls).
+"""
+
+from difflab.metrics.accuracy import classifier_accuracy, per_class_accuracy
+from difflab.metrics.evaluate import METRICS, evaluate
+from difflab.metrics.features import SHIPPED, FeatureNet, feature_net, load_classifier, shipped_info
+from difflab.metrics.fid import fid, frechet_distance, gaussian_stats
+from difflab.metrics.mmd import kid, mmd2, mmd2_unbiased, polynomial_kernel, rbf_kernel
+from difflab.metrics.precision_recall import precision_recall
+from difflab.metrics.sliced import sliced_wasserstein, wasserstein_1d
+
+__all__ = [
+    "METRICS",
+    "SHIPPED",
+    "FeatureNet",
+    "classifier_accuracy",
+    "evaluate",
+    "feature_net",
+    "fid",
+    "frechet_distance",
+    "gaussian_stats",
+    "kid",
+    "load_classifier",
+    "mmd2",
+    "mmd2_unbiased",
+    "per_class_accuracy",
+    "polynomial_kernel",
+    "precision_recall",
+    "rbf_kernel",
+    "shipped_info",
+    "sliced_wasserstein",
+    "wasserstein_1d",
+]
