@@ -1,0 +1,269 @@
+"""A U-Net in the DDPM / ADM style (Ho et al. 2020, App. B; Nichol & Dhariwal 2021;
+Dhariwal & Nichol 2021, Sec. 3):
+
+- residual blocks GroupNorm -> SiLU -> conv3x3 -> GroupNorm -> (1 + scale) * h + shift from the
+  time (and label) embedding ("adaptive group normalisation", ADM) -> SiLU -> dropout -> conv3x3,
+  the last conv zero-initialised so every block starts as the identity;
+- a sinusoidal or Fourier time embedding followed by a 2-layer MLP;
+- multi-head self-attention (and, with ``context_dim``, cross-attention to a context sequence
+  as in Rombach et al. 2022, Sec. 3.3) at chosen resolutions, computed with
+  ``scaled_dot_product_attention``;
+- skip connections from every down block to the matching up block;
+- optional class-label embedding (label ``num_classes`` = no label, for classifier-free
+  guidance) and learned-variance output channels (Nichol & Dhariwal 2021, Sec. 3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difflab.nn.embeddings import time_embedding
+
+
+def _norm(ch: int, groups: int) -> nn.GroupNorm:
+    g = min(groups, ch)
+    while ch % g:
+        g -= 1
+    return nn.GroupNorm(g, ch, eps=1e-6)
+
+
+def _zero(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+class ResBlock(nn.Module):
+    """ADM residual block with scale-shift conditioning (Dhariwal & Nichol 2021, Sec. 3)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(cin, groups)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = _norm(cout, groups)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels (Vaswani et al. 2017; Ho et al. 2020 use it at
+    16x16), optionally followed by cross-attention to a context sequence (Rombach et al. 2022)."""
+
+    def __init__(self, ch: int, head_channels: int, groups: int, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.heads = max(1, ch // head_channels)
+        self.norm = _norm(ch, groups)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = _zero(nn.Conv2d(ch, ch, 1))
+        self.cross = None
+        if context_dim is not None:
+            self.cross_norm = _norm(ch, groups)
+            self.cross_q = nn.Linear(ch, ch)
+            self.cross_kv = nn.Linear(context_dim, 2 * ch)
+            self.cross = _zero(nn.Linear(ch, ch))
+
+    def _split(self, t: Tensor) -> Tensor:  # (B, L, C) -> (B, heads, L, C/heads)
+        B, L, C = t.shape
+        return t.reshape(B, L, self.heads, C // self.heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)
+        a = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        x = x + self.proj(a.transpose(1, 2).reshape(B, H * W, C).transpose(1, 2).reshape(B, C, H, W))
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("this U-Net has cross-attention (context_dim set): pass context=(B, L, context_dim)")
+            h = self.cross_norm(x).flatten(2).transpose(1, 2)
+            ck, cv = self.cross_kv(context.to(x.dtype)).chunk(2, dim=2)
+            mask = None if context_mask is None else context_mask[:, None, None, :].bool()
+            a = F.scaled_dot_product_attention(
+                self._split(self.cross_q(h)), self._split(ck), self._split(cv), attn_mask=mask
+            )
+            x = x + self.cross(a.transpose(1, 2).reshape(B, H * W, C)).transpose(1, 2).reshape(B, C, H, W)
+        return x
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """``net(x, t, y=None, context=None, context_mask=None) -> out`` for images (B, C, H, W).
+
+    Args:
+        in_channels: image channels.
+        channels: width at the top level; level l has ``channels * channel_mults[l]``.
+        channel_mults: one per resolution level (each level after the first halves H, W).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up,
+            as in ADM); an int or one per level.
+        attention_resolutions: feature-map sizes (in pixels, given ``image_size``) that get
+            self-attention; the middle block always has it.
+        image_size: the (square) input size the attention resolutions refer to.
+        head_channels: channels per attention head.
+        dropout: dropout inside the residual blocks.
+        time_embedding / time_scale: ``sinusoidal`` (scale 1: step indices; use ~1000 for t in
+            [0, 1]) or ``fourier`` (scale 16: log sigma or t).
+        num_classes: class-conditional via a label embedding added to the time embedding.
+        context_dim: adds cross-attention to ``context`` (B, L, context_dim) in attention blocks.
+        learned_variance: doubles the output channels (mean prediction, then variance interpolation).
+        groups: GroupNorm groups (fewer when a width is not divisible).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: int = 64,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int | Sequence[int] = 2,
+        attention_resolutions: Sequence[int] = (),
+        image_size: int = 32,
+        head_channels: int = 32,
+        dropout: float = 0.0,
+        time_embedding: str = "sinusoidal",
+        time_scale: float | None = None,
+        num_classes: int | None = None,
+        context_dim: int | None = None,
+        learned_variance: bool = False,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        levels = len(channel_mults)
+        nrb = [num_res_blocks] * levels if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        if levels < 1 or len(nrb) != levels or min(nrb) < 1:
+            raise ValueError(f"need one num_res_blocks >= 1 per level, got {num_res_blocks!r} for {levels} levels")
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(f"image_size {image_size} is not divisible by 2^{levels - 1} ({levels} levels)")
+        resolutions = [image_size // 2**i for i in range(levels)]
+        bad = sorted(set(attention_resolutions) - set(resolutions))
+        if bad:
+            raise ValueError(f"attention_resolutions {bad} are not among the feature-map sizes {resolutions}")
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels,
+            channels=channels,
+            channel_mults=list(channel_mults),
+            num_res_blocks=nrb,
+            attention_resolutions=list(attention_resolutions),
+            image_size=image_size,
+            head_channels=head_channels,
+            dropout=dropout,
+            time_embedding=time_embedding,
+            time_scale=time_scale,
+            num_classes=num_classes,
+            context_dim=context_dim,
+            learned_variance=learned_variance,
+            groups=groups,
+        )
+        self.in_channels = in_channels
+        self.out_channels = in_channels * (2 if learned_variance else 1)
+        emb_dim = 4 * channels
+        self.temb = nn.Sequential(
+            time_embedding_module(time_embedding, channels, time_scale),
+            nn.Linear(channels, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+        self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, head_channels, groups, context_dim)
+
+        self.down = nn.ModuleList()
+        skips = [channels]
+        ch = channels
+        for lvl, mult in enumerate(channel_mults):
+            for _ in range(nrb[lvl]):
+                blk = nn.ModuleList([ResBlock(ch, channels * mult, emb_dim, dropout, groups)])
+                ch = channels * mult
+                if resolutions[lvl] in attention_resolutions:
+                    blk.append(attn(ch))
+                self.down.append(blk)
+                skips.append(ch)
+            if lvl < levels - 1:
+                self.down.append(nn.ModuleList([Downsample(ch)]))
+                skips.append(ch)
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout, groups), attn(ch), ResBlock(ch, ch, emb_dim, dropout, groups)]
+        )
+        self.up = nn.ModuleList()
+        for lvl in reversed(range(levels)):
+            mult = channel_mults[lvl]
+            for i in range(nrb[lvl] + 1):
+                blk = nn.ModuleList([ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout, groups)])
+                ch = channels * mult
+                if resolutions[lvl] in attention_resolutions:
+                    blk.append(attn(ch))
+                if lvl > 0 and i == nrb[lvl]:
+                    blk.append(Upsample(ch))
+                self.up.append(blk)
+        self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
+
+    def _run(self, blk: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
+        for m in blk:
+            if isinstance(m, ResBlock):
+                h = m(h, emb)
+            elif isinstance(m, AttentionBlock):
+                h = m(h, context, mask)
+            else:
+                h = m(h)
+        return h
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        emb = self.temb(t)
+        if self.label is not None:
+            if y is None:  # no label: the null token (classifier-free guidance's unconditional model)
+                y = torch.full((x.shape[0],), self.label.num_embeddings - 1, dtype=torch.long, device=x.device)
+            emb = emb + self.label(y)
+        emb = F.silu(emb).to(x.dtype)
+        h = self.inp(x)
+        hs = [h]
+        for blk in self.down:
+            h = self._run(blk, h, emb, context, context_mask)
+            hs.append(h)
+        h = self._run(self.mid, h, emb, context, context_mask)
+        for blk in self.up:
+            h = self._run(blk, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)
+
+
+def time_embedding_module(kind: str, dim: int, scale: float | None) -> nn.Module:
+    return time_embedding(kind, dim, scale)

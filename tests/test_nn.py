@@ -1,0 +1,67 @@
+"""Networks: shapes, conditioning, learned variance, zero-initialised residual branches, config rebuild."""
+
+import pytest
+import torch
+
+from difflab import nn as dnn
+
+
+def test_mlp_shapes_and_labels():
+    m = dnn.MLP(dim=2, width=32, depth=2, num_classes=3, out_dim=4)
+    x, t = torch.randn(5, 2), torch.rand(5)
+    assert m(x, t).shape == (5, 4)
+    assert m(x, t, y=torch.tensor([0, 1, 2, 0, 1])).shape == (5, 4)
+    assert m(x, torch.tensor(0.3)).shape == (5, 4)  # scalar time
+
+
+def test_unet_shapes_conditioning():
+    u = dnn.UNet(
+        in_channels=3,
+        channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=(1, 2),
+        attention_resolutions=(4,),
+        image_size=8,
+        head_channels=8,
+        num_classes=10,
+        context_dim=6,
+        learned_variance=True,
+        time_embedding="fourier",
+    )
+    x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    ctx = torch.randn(2, 5, 6)
+    out = u(x, t, y=torch.tensor([3, 4]), context=ctx, context_mask=torch.tensor([[1, 1, 1, 0, 0]] * 2))
+    assert out.shape == (2, 6, 8, 8)
+    with pytest.raises(ValueError, match="context"):
+        u(x, t)
+
+
+def test_unet_residual_branches_start_at_identity():
+    """Zero-initialised last convs: at init the output is zero and the blocks are identities."""
+    u = dnn.UNet(1, 16, (1, 2), 1, attention_resolutions=(8,), image_size=16)
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(u(x, torch.rand(2) * 999), torch.zeros_like(x))
+
+
+def test_unet_gradients_and_label_effect():
+    u = dnn.UNet(1, 16, (1, 2), 1, image_size=8, num_classes=2)
+    for p in u.parameters():  # leave the zero init so that the label can matter
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 10.0)
+    a, b = u(x, t, y=torch.tensor([0, 0])), u(x, t, y=torch.tensor([1, 1]))
+    assert not torch.allclose(a, b)
+    a.square().mean().backward()
+    assert all(p.grad is not None for p in u.parameters() if p.requires_grad and p is not u.label.weight)
+
+
+def test_build_from_config():
+    u = dnn.UNet(1, 16, (1, 2), 1, image_size=8)
+    v = dnn.build("unet", **u.config)
+    v.load_state_dict(u.state_dict())
+    assert dnn.count_parameters(u) == dnn.count_parameters(v)
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        dnn.build("resnet")
+    with pytest.raises(ValueError, match="bad arguments for network 'unet'"):
+        dnn.build("unet", chanels=3)
+    with pytest.raises(ValueError, match="attention_resolutions"):
+        dnn.UNet(1, 16, (1, 2), 1, attention_resolutions=(3,), image_size=8)
