@@ -114,3 +114,27 @@ class Denoiser:
         dt = self._net_dtype(x)
         f = self.net((_bcast(c_in, x) * xs).to(dt), c_noise.to(dt), **cond).to(x.dtype)
         return _bcast(c_skip, x) * xs + _bcast(c_out, x) * f
+
+
+def dynamic_thresholding(den: DenoiserFn, percentile: float = 0.995, max_value: float = 1.0) -> DenoiserFn:
+    """Dynamic thresholding of x0_hat (Saharia et al. 2022, "Imagen", Sec. 2.3): per sample,
+    s = the ``percentile`` quantile of |x0_hat|, clipped to [1, ``max_value``]; x0_hat is
+    clamped to [-s, s] and divided by s.  Samples whose quantile is below 1 are left as they are
+    (s = 1 only clamps to the data range [-1, 1]); ``max_value`` bounds the rescaling (as
+    diffusers' ``sample_max_value``).  Returns a denoiser: works with every solver."""
+    if not 0 < percentile <= 1:
+        raise ValueError(f"dynamic_thresholding percentile must be in (0, 1], got {percentile!r}")
+    if not max_value >= 1:
+        raise ValueError(f"dynamic_thresholding max_value must be >= 1, got {max_value!r}")
+
+    def thresholded(x: Tensor, t: TimeLike, **cond) -> Tensor:
+        x0 = den(x, t, **cond)
+        flat = x0.reshape(x0.shape[0], -1)
+        s = torch.quantile(
+            flat.abs().to(torch.float32 if flat.dtype == torch.float16 else flat.dtype), percentile, dim=1
+        )
+        s = s.clamp(min=1.0, max=max_value).to(x0.dtype)
+        s = s.reshape((-1,) + (1,) * (x0.dim() - 1))
+        return torch.maximum(torch.minimum(x0, s), -s) / s
+
+    return thresholded
