@@ -127,7 +127,9 @@ def train(name: str, out: Path, seed: int = 0, epochs: int | None = None) -> dic
     net.eval()
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out / f"{name}_classifier.safetensors"), metadata={"arch": "ConvClassifier"})
+    weights = out / f"{name}_classifier.safetensors"
+    save_file(state, str(weights), metadata={"arch": "ConvClassifier"})
+    weights.chmod(0o644)  # safetensors writes 0600; the file ships with the package
     meta = {
         "arch": "ConvClassifier",
         "config": net.config,
@@ -172,12 +174,17 @@ def floors(name: str, out: Path, n: int | None = None) -> dict:
     xte, _ = RECIPES[name]["load"]("test")
     if n is not None:
         xtr, xte = xtr[:n], xte[:n]
-    res = metrics.evaluate(xte, xtr, metrics=("fid", "kid", "pr"), feature_net=net)
+    ftr, fte = net.features(xtr), net.features(xte)
+    res = metrics.evaluate(xte, metrics=("fid", "kid"), feature_net=net, real_features=ftr)
+    # k-NN manifolds of equal size: a random subset of the training set as large as the test set
+    sub = torch.randperm(len(ftr), generator=torch.Generator().manual_seed(0))[: len(fte)]
+    res["precision"], res["recall"] = metrics.precision_recall(ftr[sub], fte)
     floor = {
-        "what": "held-out test images vs training images (all of each)",
+        "what": "held-out test images vs training images in this classifier's feature space "
+        f"(FID/KID: all {len(xte)} test vs all {len(xtr)} train; precision/recall: vs {len(sub)} random train images)",
         "n_test": len(xte),
         "n_train": len(xtr),
-        **{k: round(float(v), 5) for k, v in res.items()},
+        **{k: round(float(v), 5) for k, v in res.items() if k not in ("n_samples", "n_real")},
     }
     path = out / f"{name}_classifier.json"
     meta = json.loads(path.read_text())
