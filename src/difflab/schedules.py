@@ -386,8 +386,11 @@ class DiscreteVP(_VPBase):
         return (k + (la - la0) / (la1 - la0)) / self.T
 
     def network_time(self, t: Tensor) -> Tensor:
-        """Discrete networks see their step index i = tT - 1 (fractional between steps)."""
-        return t * self.T - 1
+        """Discrete networks see their step index i = tT - 1: exact integers on the knots
+        (rounding off float error), fractional between them."""
+        idx = t * self.T - 1
+        r = idx.round()
+        return torch.where((idx - r).abs() < 1e-6, r, idx)
 
     def beta_tilde(self) -> Tensor:
         """Posterior variances beta-tilde_i = (1 - abar_{i-1}) / (1 - abar_i) beta_i."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from difflab.random import GeneratorLike, sample_generators
+from difflab.random import GeneratorLike, NoiseStreams, check_generator
 from difflab.schedules import Schedule, TimeLike
 from difflab.timesteps import check_grid
 
@@ -48,7 +48,7 @@ class Context:
     schedule: Schedule
     ts: Tensor
     cond: dict[str, Any] = field(default_factory=dict)
-    generators: list[torch.Generator] | torch.Generator | None = None
+    generators: NoiseStreams | list[torch.Generator] | torch.Generator | None = None
     nfe: int = 0
     last_x0: Tensor | None = None
 
@@ -75,9 +75,18 @@ class Context:
         self.last_x0 = out
         return out
 
+    def score(self, x: Tensor, t: float) -> Tensor:
+        """grad log p_t(x) from the denoiser by Tweedie's formula: (alpha x0_hat - x) / sigma^2."""
+        a, s, _ = self.coefs(t)
+        if s == 0:
+            raise ValueError(f"the score is undefined at t = {t} where sigma = 0")
+        return (a * self.denoise(x, t) - x) / (s * s)
+
     def randn_like(self, x: Tensor) -> Tensor:
         """Fresh standard normal noise; per-sample streams when the run was seeded."""
         g = self.generators
+        if isinstance(g, NoiseStreams):
+            return g.next(x.shape[1:], x.dtype).to(x.device)
         if isinstance(g, list):
             return torch.stack([torch.randn(x.shape[1:], generator=gi, dtype=x.dtype, device=x.device) for gi in g])
         return torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
@@ -104,6 +113,8 @@ class Solver:
     stochastic: ClassVar[bool] = False
     #: NFE per step of the default loop (for reporting and budgeting)
     evals_per_step: ClassVar[int] = 1
+    #: chooses its own steps (only ts[0] and ts[-1] matter); the order harness skips it
+    adaptive: ClassVar[bool] = False
 
     def init(self, ctx: Context, x: Tensor) -> State:
         return None
@@ -166,18 +177,12 @@ def get(name: str, **hyper: Any) -> Solver:
     return cls(**hyper)
 
 
-def _generators(generator: GeneratorLike, batch: int) -> list[torch.Generator] | torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, bool):
-        raise TypeError("generator must be None, an int seed, a torch.Generator or a list of them, got bool")
+def _noise(generator: GeneratorLike, batch: int) -> NoiseStreams | list[torch.Generator] | torch.Generator | None:
+    check_generator(generator, batch)
     if isinstance(generator, int):
         # stream 1: independent of the prior draw schedule.prior_sample(..., generator=seed)
-        return sample_generators(generator, batch, stream=1)
-    gens = list(generator)
-    if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
-        raise ValueError(f"a list of generators needs one torch.Generator per sample ({batch}), got {len(gens)}")
-    return gens
+        return NoiseStreams(generator, batch, stream=1)
+    return list(generator) if generator is not None and not isinstance(generator, torch.Generator) else generator
 
 
 def sample(
@@ -227,7 +232,7 @@ def sample(
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     ts = check_grid(ts, schedule)
-    ctx = Context(den, schedule, ts, cond, _generators(generator, x_T.shape[0]))
+    ctx = Context(den, schedule, ts, cond, _noise(generator, x_T.shape[0]))
     x = solver.run(ctx, x_T.to(dtype), progress=progress, callback=callback)
     if final_denoise and float(ts[-1]) > 0:
         x = ctx.denoise(x, ctx.t(-1))
