@@ -31,18 +31,18 @@ def test_ode_log_likelihood_matches_exact_mixture_density(schedule):
 
 def test_ode_coordinates_agree():
     sch = schedules.VP()
-    x = MIX.sample(4, torch.Generator().manual_seed(1))
-    a = L.log_likelihood(MIX.denoiser(sch), sch, x, rtol=1e-7, atol=1e-7)
-    b = L.log_likelihood(MIX.denoiser(sch), sch, x, rtol=1e-7, atol=1e-7, coords="t")
-    assert torch.allclose(a, b, atol=1e-4)
+    x = MIX.sample(3, torch.Generator().manual_seed(1))
+    a = L.log_likelihood(MIX.denoiser(sch), sch, x, rtol=1e-6, atol=1e-6)
+    b = L.log_likelihood(MIX.denoiser(sch), sch, x, rtol=1e-6, atol=1e-6, coords="t")
+    assert torch.allclose(a, b, atol=3e-4)
 
 
 def test_encoded_point_is_the_exact_gaussian_flow():
     g = toy.Gaussian(torch.tensor([0.5, -1.0, 0.0, 2.0]), std=torch.tensor([0.2, 1.0, 0.5, 0.8]))
     sch = schedules.VP.cosine()
     x = g.sample(5, torch.Generator().manual_seed(2))
-    r = L.log_likelihood(g.denoiser(sch), sch, x, rtol=1e-7, atol=1e-7, return_details=True)
-    assert torch.allclose(r.z, g.flow(x, sch.t_min, sch.t_max, sch), atol=1e-5)
+    r = L.log_likelihood(g.denoiser(sch), sch, x, rtol=1e-6, atol=1e-6, return_details=True)
+    assert torch.allclose(r.z, g.flow(x, sch.t_min, sch.t_max, sch), atol=1e-4)
     assert torch.allclose(r.delta_logp + g.log_prob_t(r.z, sch.t_max, sch), g.log_prob_t(x, sch.t_min, sch), atol=1e-4)
 
 
@@ -52,7 +52,7 @@ def test_hutchinson_is_unbiased(noise):
     sch = schedules.VP()
     den = gm.denoiser(sch)
     x = gm.sample(1, torch.Generator().manual_seed(3)).expand(200, -1)  # one point, 200 independent probes
-    kw = {"rtol": 1e-5, "atol": 1e-5}
+    kw = {"rtol": 1e-4, "atol": 1e-4}
     exact = L.log_likelihood(den, sch, x[:1], divergence="exact", **kw)
     est = L.log_likelihood(den, sch, x, divergence="hutchinson", noise=noise, generator=5, **kw)
     se = float(est.std()) / math.sqrt(len(est))

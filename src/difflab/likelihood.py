@@ -49,7 +49,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from difflab.schedules import DiscreteVP, Schedule
+from difflab.schedules import DiscreteVP, Schedule, _log1mexp
 
 __all__ = [
     "LikelihoodResult",
@@ -338,27 +338,24 @@ def bits_per_dim(
 
 
 # --- DDPM's discrete variational bound ----------------------------------------------------
-def _approx_std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
+    """log(Phi(b) - Phi(a)) for a < b, stable in both tails (log_ndtr and log1mexp)."""
+    lo = torch.where(b <= 0, a, -b)  # reflect intervals in the upper tail: Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
+    hi = torch.where(b <= 0, b, -a)
+    tail = torch.special.log_ndtr(hi) + _log1mexp(torch.special.log_ndtr(lo) - torch.special.log_ndtr(hi))
+    straddle = torch.log((torch.special.ndtr(b) - torch.special.ndtr(a)).clamp_min(1e-300))
+    return torch.where((a < 0) & (b > 0), straddle, tail)
 
 
 def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor | float, bins: int = 256) -> Tensor:
     """log P(x) of data on the grid of ``bins`` values in [-1, 1] under N(mean, e^{2 log_scale})
-    integrated over each bin, edge bins extended to +-inf (Ho et al. 2020, eq. 13)."""
+    integrated over each bin, edge bins extended to +-inf (Ho et al. 2020, eq. 13); computed
+    with log-cdfs, so it stays exact far in the tails."""
     half = 1.0 / (bins - 1)
     inv = torch.exp(-torch.as_tensor(log_scale, dtype=x.dtype))
-    c = x - mean
-    cdf_plus = _approx_std_normal_cdf(inv * (c + half))
-    cdf_minus = _approx_std_normal_cdf(inv * (c - half))
-    tiny = 1e-300
-    log_cdf_plus = torch.log(cdf_plus.clamp_min(tiny))
-    log_one_minus_cdf_min = torch.log((1 - cdf_minus).clamp_min(tiny))
-    mid = torch.log((cdf_plus - cdf_minus).clamp_min(tiny))
-    # far in a tail the difference of cdfs underflows: use the density times the bin width
-    far = cdf_plus - cdf_minus < 1e-12
-    dens = -0.5 * (inv * c) ** 2 - 0.5 * math.log(2 * math.pi) + torch.log(inv * 2 * half)
-    mid = torch.where(far, dens, mid)
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, mid))
+    a, b = inv * (x - mean - half), inv * (x - mean + half)
+    first, last = torch.special.log_ndtr(b), torch.special.log_ndtr(-a)
+    return torch.where(x < -1 + half, first, torch.where(x > 1 - half, last, _log_diff_ndtr(a, b)))
 
 
 def ddpm_vlb_terms(
