@@ -44,6 +44,9 @@ class GaussianMixture:
         means: (K, d).
         covs: (K, d, d) symmetric positive semi-definite; or give ``stds`` instead:
             a float, (K,) (isotropic per component) or (K, d) (diagonal).
+        labels: optional (K,) class label of each component, making the mixture a
+            class-conditional model p(x_0 | y) = sum_{k: label_k = y} w_k N(mu_k, Sigma_k) / P(y).
+            Methods that take ``y`` condition on it; ``y = -1`` (or None) means unconditional.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class GaussianMixture:
         means: Sequence[Sequence[float]] | Tensor,
         covs: Tensor | None = None,
         stds: float | Sequence[float] | Tensor | None = None,
+        labels: Sequence[int] | Tensor | None = None,
     ) -> None:
         means = torch.as_tensor(means, dtype=_F64)
         if means.dim() != 2:
@@ -84,6 +88,11 @@ class GaussianMixture:
             evals = s.pow(2).clone()
             evecs = torch.eye(d, dtype=_F64).expand(K, d, d).clone()
         self.weights = w / w.sum()
+        self.labels = None
+        if labels is not None:
+            self.labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+            if self.labels.shape != (K,) or (self.labels < 0).any():
+                raise ValueError(f"labels must be {K} non-negative class indices, got {self.labels.tolist()}")
         self.means = means
         self.evals, self.evecs = evals, evecs  # Sigma_k = U diag(l) U^T
         self.K, self.dim = K, d
@@ -162,16 +171,43 @@ class GaussianMixture:
         logn = -0.5 * (y * y / v).sum(-1) - 0.5 * v.log().sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
         return self.weights.log()[None] + logn
 
+    @property
+    def num_classes(self) -> int:
+        return 0 if self.labels is None else int(self.labels.max()) + 1
+
+    def _condition(self, logc: Tensor, y: Tensor | int | None) -> Tensor:
+        """Restrict log-components (B, K) to the components of class y (y = -1: all)."""
+        if y is None:
+            return logc
+        if self.labels is None:
+            raise ValueError("this mixture has no class labels; build it with labels=...")
+        y = torch.as_tensor(y, dtype=torch.long).expand(logc.shape[0])
+        if ((y >= self.num_classes) | (y < -1)).any():
+            raise ValueError(f"labels must be in [0, {self.num_classes}) or -1 (unconditional), got {y.unique().tolist()}")
+        keep = (self.labels[None, :] == y[:, None]) | (y[:, None] < 0)
+        return logc.masked_fill(~keep, -math.inf)
+
     def _prep(self, x: Tensor, t: TimeLike, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
         if x.shape[-1] != self.dim or x.dim() != 2:
             raise ValueError(f"expected points of shape (batch, {self.dim}), got {tuple(x.shape)}")
         tb = batch_times(t, x)
         return x.to(_F64), schedule.alpha(tb), schedule.sigma(tb)
 
-    def log_prob_t(self, x: Tensor, t: TimeLike, schedule: Schedule) -> Tensor:
-        """Exact log p_t(x), shape (B,)."""
+    def log_prob_t(self, x: Tensor, t: TimeLike, schedule: Schedule, y: Tensor | int | None = None) -> Tensor:
+        """Exact log p_t(x) (or log p_t(x | y)), shape (B,)."""
         x, a, s = self._prep(x, t, schedule)
-        return torch.logsumexp(self._log_components(x, a, s), 1)
+        logc = self._log_components(x, a, s)
+        if y is None:
+            return torch.logsumexp(logc, 1)
+        logc = self._condition(logc, y)
+        log_py = torch.logsumexp(self._condition(self.weights.log().expand_as(logc), y), 1)
+        return torch.logsumexp(logc, 1) - log_py
+
+    def class_log_prob(self, x: Tensor, t: TimeLike, schedule: Schedule, y: Tensor | int) -> Tensor:
+        """The exact noisy classifier log p(y | x_t), shape (B,)."""
+        x, a, s = self._prep(x, t, schedule)
+        logc = self._log_components(x, a, s)
+        return torch.logsumexp(self._condition(logc, y), 1) - torch.logsumexp(logc, 1)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density of the data (t = 0); needs non-degenerate covariances."""
@@ -179,35 +215,36 @@ class GaussianMixture:
         one = torch.ones(x.shape[0], dtype=_F64)
         return torch.logsumexp(self._log_components(x, one, 0 * one), 1)
 
-    def responsibilities(self, x: Tensor, t: TimeLike, schedule: Schedule) -> Tensor:
-        """Posterior p(k | x_t), shape (B, K)."""
+    def responsibilities(self, x: Tensor, t: TimeLike, schedule: Schedule, y: Tensor | int | None = None) -> Tensor:
+        """Posterior p(k | x_t) (or p(k | x_t, y)), shape (B, K)."""
         x, a, s = self._prep(x, t, schedule)
-        return torch.softmax(self._log_components(x, a, s), 1)
+        return torch.softmax(self._condition(self._log_components(x, a, s), y), 1)
 
-    def _terms(self, x: Tensor, t: TimeLike, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _terms(self, x: Tensor, t: TimeLike, schedule: Schedule, y) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x, a, s = self._prep(x, t, schedule)
         cache: dict = {}
-        r = torch.softmax(self._log_components(x, a, s, cache), 1)
+        r = torch.softmax(self._condition(self._log_components(x, a, s, cache), y), 1)
         return r, cache["y"], cache["v"], a
 
-    def score(self, x: Tensor, t: TimeLike, schedule: Schedule) -> Tensor:
-        """Exact grad_x log p_t(x) in float64: -sum_k r_k (a^2 Sigma_k + s^2 I)^{-1} (x - a mu_k)."""
-        r, y, v, _ = self._terms(x, t, schedule)
-        return -torch.einsum("bk,kde,bke->bd", r, self.evecs, y / v)
+    def score(self, x: Tensor, t: TimeLike, schedule: Schedule, y: Tensor | int | None = None) -> Tensor:
+        """Exact grad_x log p_t(x) (or of log p_t(x | y)) in float64:
+        -sum_k r_k (a^2 Sigma_k + s^2 I)^{-1} (x - a mu_k)."""
+        r, z, v, _ = self._terms(x, t, schedule, y)
+        return -torch.einsum("bk,kde,bke->bd", r, self.evecs, z / v)
 
-    def posterior_mean(self, x: Tensor, t: TimeLike, schedule: Schedule) -> Tensor:
-        """Exact E[x_0 | x_t = x] in float64 (see module docstring)."""
-        r, y, v, a = self._terms(x, t, schedule)
-        corr = torch.einsum("kde,bke->bkd", self.evecs, a[:, None, None] * self.evals[None] * y / v)
+    def posterior_mean(self, x: Tensor, t: TimeLike, schedule: Schedule, y: Tensor | int | None = None) -> Tensor:
+        """Exact E[x_0 | x_t = x] (or E[x_0 | x_t, y]) in float64 (see module docstring)."""
+        r, z, v, a = self._terms(x, t, schedule, y)
+        corr = torch.einsum("kde,bke->bkd", self.evecs, a[:, None, None] * self.evals[None] * z / v)
         return torch.einsum("bk,bkd->bd", r, self.means[None] + corr)
 
     def denoiser(self, schedule: Schedule) -> Callable[..., Tensor]:
-        """The perfect denoiser ``den(x, t) -> E[x_0 | x_t]`` (any trailing shape works
-        as long as it flattens to ``dim``)."""
+        """The perfect denoiser ``den(x, t, y=None) -> E[x_0 | x_t (, y)]`` (any trailing shape
+        works as long as it flattens to ``dim``; ``y = -1`` entries are unconditional)."""
 
-        def den(x: Tensor, t: TimeLike, **cond) -> Tensor:
+        def den(x: Tensor, t: TimeLike, y: Tensor | int | None = None) -> Tensor:
             flat = x.reshape(x.shape[0], -1)
-            return self.posterior_mean(flat, t, schedule).to(x.dtype).reshape(x.shape)
+            return self.posterior_mean(flat, t, schedule, y).to(x.dtype).reshape(x.shape)
 
         return den
 
