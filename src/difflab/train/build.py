@@ -1,0 +1,135 @@
+"""Config -> objects: data, schedule, network, denoiser, loss, time grid.  The only place
+(with the CLI) where names become classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from difflab import data as dl_data
+from difflab import nn as dl_nn
+from difflab import schedules, solvers, timesteps
+from difflab.denoiser import Denoiser
+from difflab.losses import DiffusionLoss
+from difflab.schedules import Schedule
+from difflab.train.config import Config, ConfigError, DataConfig, ModelConfig, SampleConfig
+
+__all__ = [
+    "build_data",
+    "build_denoiser",
+    "build_loss",
+    "build_network",
+    "build_schedule",
+    "build_solver",
+    "sample_grid",
+]
+
+
+def build_data(cfg: DataConfig) -> tuple[Tensor, Tensor | None]:
+    """(data, labels): images (N, C, H, W) in [-1, 1] or points (N, 2)."""
+    if cfg.name == "digits":
+        return tuple(dl_data.digits(cfg.split, size=cfg.size, limit=cfg.limit))  # type: ignore[return-value]
+    if cfg.name == "fashion_mnist":
+        return tuple(dl_data.fashion_mnist(cfg.root, cfg.split, cfg.size, cfg.pad_to, cfg.limit))  # type: ignore[return-value]
+    if cfg.name == "idx":
+        if not cfg.root:
+            raise ConfigError("data.name = 'idx' needs data.root, the directory of the *-ubyte files")
+        return tuple(dl_data.idx_dataset(cfg.root, cfg.split, cfg.size, cfg.pad_to, cfg.limit))  # type: ignore[return-value]
+    if cfg.name == "folder":
+        if not cfg.root:
+            raise ConfigError("data.name = 'folder' needs data.root, the directory of images")
+        return tuple(dl_data.image_folder(cfg.root, cfg.size or 32, cfg.channels, cfg.limit))  # type: ignore[return-value]
+    if cfg.toy not in dl_data.TOY_NAMES:
+        raise ConfigError(f"data.toy = {cfg.toy!r} is not one of {', '.join(dl_data.TOY_NAMES)}")
+    return dl_data.toy2d(cfg.toy, cfg.n, seed=0), None
+
+
+def build_schedule(name: str, args: dict[str, Any]) -> Schedule:
+    try:
+        return schedules.get(name, **args)
+    except ValueError as e:
+        raise ConfigError(f"schedule: {e}") from None
+
+
+def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
+    """The network for data of per-item ``shape``: in_channels / image_size / dim are filled in
+    from the data unless set; ``learned_variance`` doubles the outputs."""
+    args = dict(cfg.args)
+    if cfg.network == "unet":
+        if len(shape) != 3:
+            raise ConfigError(f"model.network = 'unet' needs image data, got items of shape {shape}")
+        args.setdefault("in_channels", shape[0])
+        args.setdefault("image_size", shape[1])
+        if cfg.learned_variance:
+            args["learned_variance"] = True
+        if args["in_channels"] != shape[0] or args["image_size"] != shape[1]:
+            raise ConfigError(
+                f"model.args in_channels={args['in_channels']}, image_size={args['image_size']} do not match the data {shape}"
+            )
+    else:
+        if len(shape) != 1:
+            raise ConfigError(f"model.network = 'mlp' needs flat data (toy2d), got items of shape {shape}")
+        args.setdefault("dim", shape[0])
+        if cfg.learned_variance:
+            args["out_dim"] = 2 * shape[0]
+    if num_classes is not None and args.get("num_classes") is True:
+        args["num_classes"] = num_classes
+    try:
+        return dl_nn.build(cfg.network, **args)
+    except ValueError as e:
+        raise ConfigError(f"model.args: {e}") from None
+
+
+def build_denoiser(net: nn.Module, schedule: Schedule, cfg: ModelConfig) -> Denoiser:
+    try:
+        return Denoiser(net, schedule, cfg.prediction, cfg.time_input, cfg.learned_variance)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def build_loss(cfg: Config, schedule: Schedule) -> DiffusionLoss:
+    lc = cfg.loss
+    target = lc.target or cfg.model.prediction
+    if target == "edm":
+        target = "x0"  # the EDM denoiser's error is measured on x0 (Karras et al. 2022, eq. 2)
+    try:
+        return DiffusionLoss(
+            schedule,
+            kind=lc.kind,
+            target=target,
+            weighting=lc.weighting,
+            time_sampling=lc.time_sampling,
+            min_snr_gamma=lc.min_snr_gamma,
+            sigma_data=lc.sigma_data,
+            p_mean=lc.p_mean,
+            p_std=lc.p_std,
+            vlb_weight=lc.vlb_weight,
+        )
+    except ValueError as e:
+        raise ConfigError(f"loss: {e}") from None
+
+
+def build_solver(name: str, args: dict[str, Any]) -> solvers.Solver:
+    try:
+        return solvers.get(name, **args)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"sample.solver: {e}") from None
+
+
+def sample_grid(cfg: SampleConfig, schedule: Schedule, steps: int | None = None) -> Tensor:
+    """The sampling time grid: ``cfg.grid`` by name, or by default ``trailing`` for discrete
+    schedules (ends at t = 0) and ``log_snr_uniform`` down to t_min otherwise."""
+    steps = steps or cfg.steps
+    name = cfg.grid
+    if name == "default":
+        name = "trailing" if schedule.T is not None else "log_snr_uniform"
+    try:
+        return timesteps.get(name, schedule, steps)
+    except ValueError as e:
+        raise ConfigError(f"sample.grid: {e}") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
