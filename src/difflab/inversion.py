@@ -57,6 +57,7 @@ def _encode_grid(ts: Tensor, schedule: Schedule) -> Tensor:
     return ts.flip(0)
 
 
+@torch.no_grad()
 def encode(
     solver: Solver | str | None,
     den: Callable[..., Tensor],
@@ -104,6 +105,7 @@ def encode(
     return (z, nfe) if return_nfe else z
 
 
+@torch.no_grad()
 def decode(
     solver: Solver | str | None,
     den: Callable[..., Tensor],

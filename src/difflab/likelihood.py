@@ -358,6 +358,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tens
     return torch.where(x < -1 + half, first, torch.where(x > 1 - half, last, _log_diff_ndtr(a, b)))
 
 
+@torch.no_grad()
 def ddpm_vlb_terms(
     den: Callable[..., Tensor],
     schedule: DiscreteVP,
