@@ -113,6 +113,7 @@ class SampleConfig:
     grid: str = "default"  # a difflab.timesteps name, or default (trailing for discrete, log-SNR otherwise)
     n: int = 64
     seed: int = 0
+    clip_x0: bool = False  # clip the denoiser's x0 estimate to the data range [-1, 1] (Ho et al. 2020's sampler)
     solver_args: dict[str, Any] = field(default_factory=dict)
 
 

@@ -377,6 +377,12 @@ def generate(
     net.eval()
     try:
         den = build_denoiser(net, schedule, cfg.model)
+        if cfg.sample.clip_x0:
+            raw_den = den
+
+            def den(x: Tensor, t, **c) -> Tensor:
+                return raw_den(x, t, **c).clamp(-1, 1)
+
         sol = build_solver(solver or cfg.sample.solver, cfg.sample.solver_args if solver is None else {})
         ts = sample_grid(cfg.sample, schedule, steps)
         shape = _item_shape(net)
