@@ -20,9 +20,28 @@ from difflab.solvers.base import Context, Solver, StepInfo, register
 from difflab.solvers.sde import euler_maruyama_step
 
 
-def _langevin_steps(ctx: Context, x: Tensor, t: float, n: int, step: float) -> Tensor:
-    for _ in range(n):
-        x = x + 0.5 * step * ctx.score(x, t) + math.sqrt(step) * ctx.randn_like(x)
+def _langevin_levels(
+    solver: Solver,
+    ctx: Context,
+    x: Tensor,
+    levels: list[int],
+    n_steps: int,
+    step_of: Callable[[float], float],
+    progress: bool,
+    callback: Callable[[StepInfo], None] | None,
+) -> Tensor:
+    """``n_steps`` Langevin steps x <- x + (eps/2) score + sqrt(eps) z at each grid level, with
+    eps = step_of(t) (Song & Ermon 2019, eq. 4 and Alg. 1)."""
+    bar = tqdm(total=len(levels) * n_steps, desc=solver.name, disable=not progress, leave=False)
+    for i in levels:
+        t = ctx.t(i)
+        step = step_of(t)
+        for _ in range(n_steps):
+            x = x + 0.5 * step * ctx.score(x, t) + math.sqrt(step) * ctx.randn_like(x)
+            bar.update()
+        if callback is not None:
+            callback(StepInfo(i, t, x, ctx.last_x0, ctx.nfe))
+    bar.close()
     return x
 
 
@@ -75,14 +94,10 @@ class Langevin(Solver):
     def run(
         self, ctx: Context, x: Tensor, progress: bool = False, callback: Callable[[StepInfo], None] | None = None
     ) -> Tensor:
-        t = ctx.t(-1)
-        if ctx.is_data(len(ctx.ts) - 1):
+        last = len(ctx.ts) - 1
+        if ctx.is_data(last):
             raise ValueError("langevin needs a final time with sigma > 0 (the score is undefined at sigma = 0)")
-        for k in tqdm(range(self.n_steps), desc=self.name, disable=not progress, leave=False):
-            x = _langevin_steps(ctx, x, t, 1, self.step_size)
-            if callback is not None:
-                callback(StepInfo(k, t, x, ctx.last_x0, ctx.nfe))
-        return x
+        return _langevin_levels(self, ctx, x, [last], self.n_steps, lambda t: self.step_size, progress, callback)
 
 
 @register
@@ -107,12 +122,8 @@ class AnnealedLangevin(Solver):
     ) -> Tensor:
         levels = [i for i in range(len(ctx.ts)) if not ctx.is_data(i)]
         s_last = ctx.coefs(ctx.t(levels[-1]))[1]
-        for i in tqdm(levels, desc=self.name, disable=not progress, leave=False):
-            t = ctx.t(i)
-            step = self.eps * (ctx.coefs(t)[1] / s_last) ** 2
-            x = _langevin_steps(ctx, x, t, self.n_steps, step)
-            if callback is not None:
-                callback(StepInfo(i, t, x, ctx.last_x0, ctx.nfe))
+        step_of = lambda t: self.eps * (ctx.coefs(t)[1] / s_last) ** 2  # noqa: E731
+        x = _langevin_levels(self, ctx, x, levels, self.n_steps, step_of, progress, callback)
         if len(levels) < len(ctx.ts):  # final denoising step
             x = ctx.denoise(x, ctx.t(levels[-1]))
         return x
