@@ -183,7 +183,9 @@ class GaussianMixture:
             raise ValueError("this mixture has no class labels; build it with labels=...")
         y = torch.as_tensor(y, dtype=torch.long).expand(logc.shape[0])
         if ((y >= self.num_classes) | (y < -1)).any():
-            raise ValueError(f"labels must be in [0, {self.num_classes}) or -1 (unconditional), got {y.unique().tolist()}")
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}) or -1 (unconditional), got {y.unique().tolist()}"
+            )
         keep = (self.labels[None, :] == y[:, None]) | (y[:, None] < 0)
         return logc.masked_fill(~keep, -math.inf)
 
