@@ -370,9 +370,11 @@ def generate(
     callback: Callable | None = None,
     progress: bool = False,
     y: Tensor | None = None,
+    guide: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None,
 ) -> Tensor:
     """Draw n samples from ``net`` (in eval mode) in batches; seeds are per sample, so the
-    result does not depend on ``batch_size``."""
+    result does not depend on ``batch_size``.  ``guide`` wraps the (clipped) denoiser, e.g.
+    ``lambda den: difflab.guidance.cfg(den, 3.0, null={'y': num_classes})``."""
     was_training = net.training
     net.eval()
     try:
@@ -383,6 +385,8 @@ def generate(
             def den(x: Tensor, t, **c) -> Tensor:
                 return raw_den(x, t, **c).clamp(-1, 1)
 
+        if guide is not None:
+            den = guide(den)
         sol = build_solver(solver or cfg.sample.solver, cfg.sample.solver_args if solver is None else {})
         ts = sample_grid(cfg.sample, schedule, steps)
         shape = _item_shape(net)
