@@ -53,6 +53,11 @@ def check_int(solver: str, name: str, value: Any, lo: int, hi: int) -> None:
         raise ValueError(f"{solver} {name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
+def check_sigma_data(solver: str, value: Any) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not (0 <= value < math.inf):
+        raise ValueError(f"{solver} sigma_data must be a finite number >= 0, got {value!r}")
+
+
 def check_choice(solver: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{solver} {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -119,6 +124,16 @@ class Grid:
     def point(self, i: int) -> Point:
         return self.alpha[i], self.sigma[i], self.lam[i]
 
+    def shifted(self, sigma_data: float) -> Grid:
+        """The grid seen by a data-prediction solver with a Gaussian prior of scale sigma_data:
+        sigma_eff^2 = sigma^2 + alpha^2 sigma_data^2, lambda_eff = log(alpha / sigma_eff)
+        (see :func:`shifted_output`); ``data`` flags stay those of the real schedule."""
+        if sigma_data == 0:
+            return self
+        sig = tuple(math.hypot(s, a * sigma_data) for a, s in zip(self.alpha, self.sigma))
+        lam = tuple(math.log(a / s) for a, s in zip(self.alpha, sig))
+        return Grid(self.t, self.alpha, sig, lam, self.data)
+
 
 def lam_times(ctx: Context, lams: list[float]) -> Grid:
     """Coefficients at the times where lambda takes the given values (one inversion)."""
@@ -155,6 +170,27 @@ class Kind:
 def to_model(prediction: str, x: Tensor, x0: Tensor, alpha: float, sigma: float) -> Tensor:
     """The model output a solver works with: x0 itself or eps = (x - alpha x0) / sigma."""
     return x0 if prediction == "x0" else (x - alpha * x0) / sigma
+
+
+def shifted_output(x: Tensor, x0: Tensor, alpha: float, sigma: float, sigma_data: float) -> Tensor:
+    """F = x0 - (alpha sigma_data^2 / sigma) eps, the model output of the data-prediction
+    exponential integrator whose linear part is exact for data N(m, sigma_data^2 I).
+
+    The probability-flow ODE in y = x / alpha, rho = sigma / alpha reads dy/drho = (y - x0) / rho.
+    Splitting x0 = c y + (1 - c) F with c = sigma_data^2 / (rho^2 + sigma_data^2) -- the
+    posterior-mean shrinkage of that Gaussian, whose F is the constant m -- gives
+    d(y w)/dkappa = e^kappa F with kappa = log w = -log sqrt(rho^2 + sigma_data^2): the
+    data-prediction ODE of DPM-Solver++ (Lu et al. 2022b, eq. 8) with lambda -> kappa, x0 -> F,
+    i.e. on the schedule (alpha, sqrt(sigma^2 + alpha^2 sigma_data^2)) (:meth:`Grid.shifted`).
+    sigma_data = 0 is DPM-Solver++ itself.  This is the idea of DPM-Solver-v3 (Zheng et al.
+    2023, eq. 9-10: a better linear term makes the remaining model output flatter in time)
+    with the linear coefficient of an isotropic Gaussian of EDM's scale sigma_data (Karras et
+    al. 2022) instead of empirical model statistics.
+    """
+    if sigma_data == 0:
+        return x0
+    eps = (x - alpha * x0) / sigma
+    return x0 - (alpha * sigma_data**2 / sigma) * eps
 
 
 # --- multistep history -------------------------------------------------------------------

@@ -34,8 +34,10 @@ from difflab.solvers._exponential import (
     MultistepState,
     OneEvalSolver,
     check_choice,
+    check_sigma_data,
     combine,
     lagrange_derivs,
+    shifted_output,
     step_order,
     taylor_weights,
 )
@@ -62,19 +64,26 @@ def multistep_weights(kind: Kind, g: Grid, i: int, idx: tuple[int, ...], solver_
     return taylor_weights(kind, s, t, lagrange_derivs(us))
 
 
+def _check(solver) -> None:
+    check_choice(solver.name, "solver_type", solver.solver_type, ("dpmsolver", "taylor"))
+    check_sigma_data(solver.name, solver.sigma_data)
+
+
 class _Multistep(OneEvalSolver):
     """DPM-Solver++ multistep core: keep ``max_order`` outputs, warm up from first order."""
 
     max_order: ClassVar[int] = 2
 
     def init(self, ctx: Context, x: Tensor) -> MultistepState:
-        return MultistepState(Grid.of(ctx))
+        g = Grid.of(ctx)
+        return MultistepState(g, extra=g.shifted(self.sigma_data))  # type: ignore[attr-defined]
 
     def advance(
         self, ctx: Context, i: int, x: Tensor, x0: Tensor, state: MultistepState
     ) -> tuple[Tensor, MultistepState]:
-        g = state.grid
-        hist = state.hist.push(i, x0, self.max_order)
+        g, sd = state.extra, self.sigma_data  # type: ignore[attr-defined]
+        m = shifted_output(x, x0, state.grid.alpha[i], state.grid.sigma[i], sd) if sd else x0
+        hist = state.hist.push(i, m, self.max_order)
         state = state.evolve(hist=hist)
         k = step_order(self.max_order, i, state, self.lower_order_final)  # type: ignore[attr-defined]
         w = multistep_weights(_DATA, g, i, hist.idx[:k], self.solver_type)  # type: ignore[attr-defined]
@@ -89,6 +98,9 @@ class DPMpp2M(_Multistep):
     Args:
         solver_type: ``'dpmsolver'`` (the paper's D_i) or ``'taylor'`` (exact phi_2 weight).
         lower_order_final: first order on the last interval (stabilises very few steps).
+        sigma_data: 0 for the paper's method; > 0 (the data's per-dimension standard deviation,
+            as EDM's sigma_data) makes the linear part exact for Gaussian data of that scale
+            (:func:`~difflab.solvers._exponential.shifted_output`): far smaller errors at 5-10 steps.
     """
 
     name: ClassVar[str] = "dpmpp_2m"
@@ -96,9 +108,10 @@ class DPMpp2M(_Multistep):
     max_order: ClassVar[int] = 2
     solver_type: str = "dpmsolver"
     lower_order_final: bool = False
+    sigma_data: float = 0.0
 
     def __post_init__(self) -> None:
-        check_choice(self.name, "solver_type", self.solver_type, ("dpmsolver", "taylor"))
+        _check(self)
 
 
 @register
@@ -110,6 +123,7 @@ class DPMpp3M(_Multistep):
     Args:
         solver_type: form of the second-order warm-up step (see ``dpmpp_2m``).
         lower_order_final: orders 2 then 1 on the last two intervals.
+        sigma_data: as for ``dpmpp_2m``.
     """
 
     name: ClassVar[str] = "dpmpp_3m"
@@ -117,9 +131,10 @@ class DPMpp3M(_Multistep):
     max_order: ClassVar[int] = 3
     solver_type: str = "dpmsolver"
     lower_order_final: bool = False
+    sigma_data: float = 0.0
 
     def __post_init__(self) -> None:
-        check_choice(self.name, "solver_type", self.solver_type, ("dpmsolver", "taylor"))
+        _check(self)
 
 
 @register

@@ -34,6 +34,8 @@ from difflab.solvers._exponential import (
     OneEvalSolver,
     check_choice,
     check_int,
+    check_sigma_data,
+    shifted_output,
     step_order,
     to_model,
 )
@@ -85,6 +87,11 @@ def unipc_update(
     return out
 
 
+@dataclass(frozen=True)
+class _UniPCState(MultistepState):
+    eff: Grid | None = None  # the grid the formulas use (shifted by sigma_data)
+
+
 @register
 @dataclass(frozen=True)
 class UniPC(OneEvalSolver):
@@ -97,6 +104,8 @@ class UniPC(OneEvalSolver):
         prediction: ``'x0'`` (data prediction, default) or ``'eps'``.
         corrector: apply UniC (free: it reuses the next step's evaluation).
         lower_order_final: at most ``steps - i`` outputs on step i.
+        sigma_data: > 0 makes the linear part exact for Gaussian data of that scale (see
+            :func:`~difflab.solvers._exponential.shifted_output`; x0 prediction only).
     """
 
     name: ClassVar[str] = "unipc"
@@ -105,9 +114,13 @@ class UniPC(OneEvalSolver):
     prediction: str = "x0"
     corrector: bool = True
     lower_order_final: bool = False
+    sigma_data: float = 0.0
 
     def __post_init__(self) -> None:
         check_int(self.name, "predictor_order", self.predictor_order, 1, 3)
+        check_sigma_data(self.name, self.sigma_data)
+        if self.sigma_data and self.prediction != "x0":
+            raise ValueError(f"unipc sigma_data={self.sigma_data} needs prediction='x0', got {self.prediction!r}")
         check_choice(self.name, "variant", self.variant, ("bh1", "bh2"))
         check_choice(self.name, "prediction", self.prediction, PREDICTIONS)
 
@@ -115,14 +128,17 @@ class UniPC(OneEvalSolver):
     def order(self) -> int:  # type: ignore[override]
         return self.predictor_order + (1 if self.corrector else 0)
 
-    def init(self, ctx: Context, x: Tensor) -> MultistepState:
-        return MultistepState(Grid.of(ctx))
+    def init(self, ctx: Context, x: Tensor) -> _UniPCState:
+        g = Grid.of(ctx)
+        return _UniPCState(g, eff=g.shifted(self.sigma_data))
 
-    def advance(
-        self, ctx: Context, i: int, x: Tensor, x0: Tensor, state: MultistepState
-    ) -> tuple[Tensor, MultistepState]:
-        g, kind = state.grid, Kind(self.prediction)
-        m = to_model(self.prediction, x, x0, g.alpha[i], g.sigma[i])
+    def advance(self, ctx: Context, i: int, x: Tensor, x0: Tensor, state: _UniPCState) -> tuple[Tensor, _UniPCState]:
+        g, kind = state.eff, Kind(self.prediction)
+        a, s = state.grid.alpha[i], state.grid.sigma[i]
+        if self.sigma_data:
+            m = shifted_output(x, x0, a, s, self.sigma_data)
+        else:
+            m = to_model(self.prediction, x, x0, a, s)
         if self.corrector and state.extra is not None:
             x_start, k_prev = state.extra
             x = unipc_update(kind, g, i - 1, x_start, state.hist, k_prev, self.variant, m_t=m)
