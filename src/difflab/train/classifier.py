@@ -57,6 +57,7 @@ def train_noisy_classifier(
     seed: int = 0,
     max_minutes: float | None = None,
     out: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[NoisyClassifier, dict[str, Any]]:
@@ -64,7 +65,9 @@ def train_noisy_classifier(
     [-1, 1] with labels ``y`` (N,) noised by the named schedule; AdamW with linear warm-up
     (Dhariwal & Nichol train theirs with AdamW too).  Stops after ``steps`` or ``max_minutes``.
 
-    Returns (network in eval mode, info) and, with ``out``, saves a checkpoint under ``out/checkpoints``.
+    ``init``: continue from the weights of an earlier checkpoint (fresh optimizer; its steps
+    are added to the count).  Returns (network in eval mode, info) and, with ``out``, saves a
+    checkpoint under ``out/checkpoints``.
     """
     if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"expected images (N, C, H, W) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -73,9 +76,14 @@ def train_noisy_classifier(
     args = {"in_channels": x.shape[1], "image_size": x.shape[-1], "num_classes": int(y.max()) + 1, **(net_args or {})}
     torch.manual_seed(seed)
     net = NoisyClassifier(**args)
+    done = 0
+    if init is not None:
+        net, _, prev = load_noisy_classifier(init)
+        net.requires_grad_(True)
+        done = int(prev["steps"])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed + 1)
-    stream = batches(x, y, batch_size, seed=seed)
+    stream = batches(x, y, batch_size, seed=seed, start_step=done)
     t0 = time.perf_counter()
     step, run_loss, run_acc, history = 0, 0.0, 0.0, []
     bar = tqdm(total=steps, disable=not progress, desc="classifier", unit="it")
@@ -108,7 +116,7 @@ def train_noisy_classifier(
         "kind": KIND,
         "net_config": net.config,
         "schedule": {"name": schedule_name, "args": schedule_args},
-        "steps": step,
+        "steps": done + step,
         "batch_size": batch_size,
         "lr": lr,
         "seconds": time.perf_counter() - t0,
@@ -116,7 +124,9 @@ def train_noisy_classifier(
         "history": history,
     }
     if out is not None:
-        info["path"] = str(save_checkpoint(Path(out) / "checkpoints", step, {"model": net.state_dict()}, info, keep=1))
+        info["path"] = str(
+            save_checkpoint(Path(out) / "checkpoints", done + step, {"model": net.state_dict()}, info, keep=1)
+        )
     return net, info
 
 
@@ -165,12 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=6.0)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init", default=None, help="continue from this classifier checkpoint")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     x, y = fashion_mnist(split="train")
     net_args = {"channels": a.channels, "channel_mults": [1, 2, 4], "num_res_blocks": 1, "pool": "attention"}
     net, info = train_noisy_classifier(
-        x, y, net_args=net_args, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_minutes=a.minutes, out=a.out
+        x,
+        y,
+        net_args=net_args,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        max_minutes=a.minutes,
+        out=a.out,
+        init=a.init,
     )
     xt, yt = fashion_mnist(split="test", limit=2000)
     acc = noisy_accuracy(net, build_schedule("ddpm_linear", {}), xt, yt, (0.05, 0.25, 0.5, 0.75, 1.0))
