@@ -8,12 +8,18 @@ difflab demo --out demo
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_CONFIG", "main"]
+__all__ = ["DEMO_CONFIG", "UsageError", "main"]
+
+
+class UsageError(ValueError):
+    """A command-line option is invalid; ``main`` prints it and exits with status 2."""
+
 
 #: The demo's training config (kept identical to configs/digits.toml by a test).
 DEMO_CONFIG = """\
@@ -104,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--label", type=int, default=None, help="class label for class-conditional models")
+    s.add_argument(
+        "--prompt", default=None, help='text prompt for text-conditional models, e.g. "a photo of a sneaker"'
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
+    )
     s.add_argument("--batch-size", type=int, default=256)
 
     d = sub.add_parser(
@@ -133,7 +148,7 @@ def _save_samples(x, out: Path) -> None:
         else:
             images.save_grid(x, out)
     else:
-        raise SystemExit(f"difflab sample: --out must end in .png or .npz, got {out}")
+        raise UsageError(f"--out must end in .png or .npz, got {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -149,16 +164,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from difflab.train import generate, load_model
+    from difflab import guidance
+    from difflab.train import generate, load_model, prompt_context
 
     if args.n < 1:
-        raise SystemExit("difflab sample: --n must be positive")
+        raise UsageError("--n must be positive")
     net, schedule, cfg, state = load_model(args.ckpt, use_ema=not args.no_ema)
-    y = None
+    y = context = guide = None
+    null: dict = {}
     if args.label is not None:
-        if not net.config.get("num_classes"):
-            raise SystemExit("difflab sample: --label needs a class-conditional model")
+        k = net.config.get("num_classes")
+        if not k:
+            raise UsageError("--label needs a class-conditional model")
+        if not 0 <= args.label < k:
+            raise UsageError(f"--label {args.label} is outside the model's classes 0..{k - 1}")
         y = torch.full((args.n,), args.label, dtype=torch.long)
+        null["y"] = k
+    if args.prompt is not None:
+        try:
+            ctx, mask = prompt_context(cfg, [args.prompt, ""])
+        except ValueError as e:
+            raise UsageError(f"--prompt: {e}") from None
+        context = (ctx[:1].expand(args.n, -1, -1), mask[:1].expand(args.n, -1))
+        null["context"], null["context_mask"] = ctx[1:], mask[1:]
+    if args.guidance:
+        if not null:
+            raise UsageError("--guidance needs --label or --prompt")
+        try:
+            cfg_den = functools.partial(guidance.cfg, scale=args.guidance, null=null)
+            cfg_den(lambda x, t, **c: x)  # validates the scale now, not after loading data
+        except ValueError as e:
+            raise UsageError(f"--guidance: {e}") from None
+        guide = cfg_den
     t0 = time.perf_counter()
     x = generate(
         net,
@@ -171,6 +208,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=True,
         y=y,
+        context=context,
+        guide=guide,
     )
     _save_samples(x, Path(args.out))
     print(
@@ -235,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}[args.cmd](args)
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError) as e:
         print(f"difflab {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

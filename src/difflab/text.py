@@ -16,7 +16,16 @@ from functools import cache
 import torch
 from torch import Tensor
 
-__all__ = ["FASHION_MNIST_NOUNS", "TEMPLATES", "CaptionBank", "TextEncoder", "captions"]
+__all__ = [
+    "CAPTION_SETS",
+    "DIGIT_NOUNS",
+    "FASHION_MNIST_NOUNS",
+    "TEMPLATES",
+    "CaptionBank",
+    "TextEncoder",
+    "caption_set",
+    "captions",
+]
 
 #: caption nouns per Fashion-MNIST class (Xiao et al. 2017 label order)
 FASHION_MNIST_NOUNS: tuple[tuple[str, ...], ...] = (
@@ -31,7 +40,20 @@ FASHION_MNIST_NOUNS: tuple[tuple[str, ...], ...] = (
     ("bag", "handbag"),
     ("ankle boot",),
 )
+#: caption nouns for the ten digits
+DIGIT_NOUNS: tuple[tuple[str, ...], ...] = tuple(
+    (w, f"digit {w}") for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+)
+#: caption sets by data set name (``model.captions`` in a training config)
+CAPTION_SETS = {"fashion_mnist": FASHION_MNIST_NOUNS, "digits": DIGIT_NOUNS}
 TEMPLATES = ("a photo of a {}", "a {}", "a picture of a {}", "a black and white photo of a {}", "a small {}")
+
+
+def caption_set(name: str) -> tuple[tuple[str, ...], ...]:
+    try:
+        return CAPTION_SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown caption set {name!r}; valid: {', '.join(CAPTION_SETS)}") from None
 
 
 def captions(label: int, nouns: Sequence[Sequence[str]] = FASHION_MNIST_NOUNS) -> list[str]:

@@ -3,7 +3,7 @@ safetensors checkpoints with exact resume, sample grids and logs."""
 
 from difflab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from difflab.train.config import Config, ConfigError, load_config
-from difflab.train.trainer import EMA, Trainer, TrainingError, generate, load_model
+from difflab.train.trainer import EMA, Trainer, TrainingError, generate, load_model, prompt_context
 
 __all__ = [
     "EMA",
@@ -17,5 +17,6 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_model",
+    "prompt_context",
     "save_checkpoint",
 ]

@@ -76,6 +76,12 @@ def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int | N
             args["out_dim"] = 2 * shape[0]
     if num_classes is not None and args.get("num_classes") is True:
         args["num_classes"] = num_classes
+    if cfg.captions is not None:
+        if cfg.network != "unet":
+            raise ConfigError("model.captions (text conditioning) needs model.network = 'unet'")
+        from difflab.text import TextEncoder
+
+        args.setdefault("context_dim", TextEncoder.dim)
     try:
         return dl_nn.build(cfg.network, **args)
     except ValueError as e:

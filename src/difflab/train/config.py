@@ -55,6 +55,8 @@ class ModelConfig:
     learned_variance: bool = False
     time_input: str = "default"  # see difflab.denoiser.Denoiser
     args: dict[str, Any] = field(default_factory=dict)  # network constructor arguments
+    captions: str | None = None  # text conditioning on captions of the labels: fashion_mnist | digits
+    text_max_length: int = 16  # tokens of the MiniLM encoder the U-Net cross-attends to
 
 
 @dataclass

@@ -46,9 +46,9 @@ from difflab.train.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from difflab.train.config import Config, ConfigError, from_dict, to_dict
+from difflab.train.config import Config, ConfigError, ModelConfig, from_dict, to_dict
 
-__all__ = ["EMA", "Trainer", "TrainingError", "load_model"]
+__all__ = ["EMA", "Trainer", "TrainingError", "caption_bank", "generate", "load_model", "prompt_context"]
 
 
 class TrainingError(RuntimeError):
@@ -153,6 +153,7 @@ class Trainer:
         self.conditional = bool(getattr(self.net, "config", {}).get("num_classes"))
         if self.conditional and self.labels is None:
             raise ConfigError("model.args.num_classes is set but the data set has no labels")
+        self.captions = caption_bank(cfg.model, num_classes) if cfg.model.captions else None
         self.den = build_denoiser(self.net, self.schedule, cfg.model)
         self.loss_fn = build_loss(cfg, self.schedule)
         self.solver = build_solver(cfg.sample.solver, cfg.sample.solver_args)
@@ -243,10 +244,15 @@ class Trainer:
             x.chunk(tc.grad_accum), (y.chunk(tc.grad_accum) if y is not None else [None] * tc.grad_accum)
         ):
             cond = {}
-            if self.conditional:
+            if self.conditional or self.captions is not None:
                 drop = torch.rand(ym.shape[0], generator=self.gen) < tc.label_dropout
+            if self.conditional:
                 null = self.net.config["num_classes"]
                 cond["y"] = torch.where(drop, torch.full_like(ym, null), ym).to(self.device)
+            if self.captions is not None:  # a random caption of the label, or the empty prompt
+                null = self.captions.num_classes
+                ctx, mask = self.captions.lookup(torch.where(drop, torch.full_like(ym, null), ym), self.gen)
+                cond["context"], cond["context_mask"] = ctx.to(self.device), mask.to(self.device)
             with self._autocast():
                 loss = self.loss_fn(self._train_den, xm.to(self.device), self.gen, **cond)
             if not torch.isfinite(loss.detach()):
@@ -371,10 +377,13 @@ def generate(
     progress: bool = False,
     y: Tensor | None = None,
     guide: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None,
+    context: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Draw n samples from ``net`` (in eval mode) in batches; seeds are per sample, so the
     result does not depend on ``batch_size``.  ``guide`` wraps the (clipped) denoiser, e.g.
-    ``lambda den: difflab.guidance.cfg(den, 3.0, null={'y': num_classes})``."""
+    ``lambda den: difflab.guidance.cfg(den, 3.0, null={'y': num_classes})``; ``context`` is
+    (token embeddings (n, L, D), mask (n, L)) for text-conditional models (see
+    :func:`prompt_context`)."""
     was_training = net.training
     net.eval()
     try:
@@ -399,6 +408,8 @@ def generate(
             cond = {}
             if y is not None:
                 cond["y"] = y[start : start + m]
+            if context is not None:
+                cond["context"], cond["context_mask"] = (c[start : start + m] for c in context)
             x = sample(
                 sol,
                 den,
@@ -415,6 +426,33 @@ def generate(
         return torch.cat(out)
     finally:
         net.train(was_training)
+
+
+def caption_bank(model: ModelConfig, num_classes: int | None):
+    """The caption embeddings a text-conditional model trains on (checks the label count)."""
+    from difflab.text import CaptionBank, TextEncoder, caption_set
+
+    try:
+        nouns = caption_set(model.captions)
+    except ValueError as e:
+        raise ConfigError(f"model.captions: {e}") from None
+    if num_classes is None:
+        raise ConfigError("model.captions (text conditioning) needs a labelled data set")
+    if num_classes > len(nouns):
+        raise ConfigError(
+            f"model.captions = {model.captions!r} captions {len(nouns)} classes, the data has {num_classes}"
+        )
+    return CaptionBank(TextEncoder(model.text_max_length), nouns)
+
+
+def prompt_context(cfg: Config, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Token embeddings of ``prompts`` for a text-conditional model trained with ``cfg``;
+    the empty prompt is the unconditional (null) prompt."""
+    if cfg.model.captions is None:
+        raise ValueError("this model was trained without text (model.captions is not set); it takes no prompt")
+    from difflab.text import TextEncoder
+
+    return TextEncoder(cfg.model.text_max_length).encode(prompts)
 
 
 def hash_seed(seed: int, index: int) -> int:
