@@ -96,3 +96,26 @@ def test_annealing_fixes_langevin_mode_weights():
     se = math.sqrt(0.2 * 0.8 / n)
     assert abs(w_plain - 0.2) > 0.15, w_plain  # about the share of the start box nearer each mode
     assert abs(w_annealed - 0.2) < 4 * se + 0.01, w_annealed
+
+
+@pytest.mark.parametrize("v,fixed", [(1.0, "beta"), (-1.0, "beta_tilde")])
+def test_learned_variance_interpolates_the_fixed_ones(v, fixed):
+    """Nichol & Dhariwal (2021, eq. 15): v = 1 gives beta, v = -1 gives beta-tilde, on any grid."""
+    from difflab import Denoiser
+    from difflab.parameterization import from_x0
+
+    sch = schedules.DiscreteVP.ddpm_linear()
+
+    def net(x, t_in):  # the exact eps of the mixture, and a constant variance channel
+        t = (t_in + 1) / sch.T
+        eps = from_x0("eps", GM.posterior_mean(x, t, sch).to(x.dtype), x, t, sch)
+        return torch.cat([eps, torch.full_like(x, v)], 1)
+
+    den = Denoiser(net, sch, learned_variance=True)
+    x_T = sch.prior_sample((64, 2), generator=1, dtype=torch.float64)
+    ts = timesteps.trailing(sch, 25)
+    a = sample(solvers.get("ddpm", variance="learned"), den, sch, x_T, ts, generator=2, dtype=torch.float64)
+    b = sample(solvers.get("ddpm", variance=fixed), den, sch, x_T, ts, generator=2, dtype=torch.float64)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="learned_variance=True"):
+        sample(solvers.get("ddpm", variance="learned"), GM.denoiser(sch), sch, x_T, ts)

@@ -193,10 +193,16 @@ def test_toy_mlp_and_hybrid_train(tmp_path):
             "train.sample_every=2",
             "train.threads=1",
             "sample.solver='ddpm'",
+            "sample.solver_args={variance='learned'}",
+            "sample.clip_x0=true",
             "sample.steps=3",
             "sample.n=8",
             f"train.out='{tmp_path}'",
         ],
     )
-    Trainer(cfg, progress=False).fit()
+    tr = Trainer(cfg, progress=False)
+    tr.fit()
     assert (tmp_path / "samples" / "step_0000002.png").exists()
+    # ancestral sampling with the learned variances (and clipped x0) is seeded per sample
+    a, b = tr.generate(n=8, seed=3), tr.generate(n=5, seed=3)
+    torch.testing.assert_close(a[:5], b, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from difflab.parameterization import batch_times, check_prediction, edm_precond, to_x0
 from difflab.schedules import Schedule, TimeLike, _bcast
 
-__all__ = ["Denoiser", "DenoiserFn"]
+__all__ = ["Denoiser", "DenoiserFn", "clip_x0", "dynamic_thresholding", "map_x0"]
 
 
 class DenoiserFn(Protocol):
@@ -91,7 +91,19 @@ class Denoiser:
         tb = batch_times(t, x)
         if self.prediction == "edm":
             return self._edm(x, tb, **cond)
+        return self._x0(self.raw(x, tb, **cond), x, tb)
+
+    def with_variance(self, x: Tensor, t: TimeLike, **cond) -> tuple[Tensor, Tensor]:
+        """(x0_hat, frac) for a learned-variance network, from one evaluation: frac = (v + 1) / 2
+        interpolates the reverse step's log-variance between log beta-tilde (0) and log beta (1)
+        (Nichol & Dhariwal 2021, eq. 15)."""
+        if not self.learned_variance:
+            raise ValueError("this Denoiser has no learned variance (learned_variance=False)")
+        tb = batch_times(t, x)
         out = self.raw(x, tb, **cond)
+        return self._x0(out, x, tb), (out[:, x.shape[1] :] + 1) / 2
+
+    def _x0(self, out: Tensor, x: Tensor, tb: Tensor) -> Tensor:
         if self.learned_variance:
             out = out[:, : x.shape[1]]
         if out.shape != x.shape:
@@ -116,6 +128,34 @@ class Denoiser:
         return _bcast(c_skip, x) * xs + _bcast(c_out, x) * f
 
 
+class _MappedX0:
+    """A denoiser whose x0_hat goes through ``fn``; a learned-variance denoiser keeps its
+    ``with_variance`` (the variance is left as it is)."""
+
+    def __init__(self, den: DenoiserFn, fn: Callable[[Tensor], Tensor]) -> None:
+        self.den, self.fn = den, fn
+
+    def __call__(self, x: Tensor, t: TimeLike, **cond) -> Tensor:
+        return self.fn(self.den(x, t, **cond))
+
+    def with_variance(self, x: Tensor, t: TimeLike, **cond) -> tuple[Tensor, Tensor]:
+        inner = getattr(self.den, "with_variance", None)
+        if inner is None:
+            raise ValueError("learned variances need a Denoiser(..., learned_variance=True) as the denoiser")
+        x0, frac = inner(x, t, **cond)
+        return self.fn(x0), frac
+
+
+def map_x0(den: DenoiserFn, fn: Callable[[Tensor], Tensor]) -> DenoiserFn:
+    """The denoiser ``fn(den(x, t))``: post-processing of x0_hat that every solver sees."""
+    return _MappedX0(den, fn)
+
+
+def clip_x0(den: DenoiserFn, lo: float = -1.0, hi: float = 1.0) -> DenoiserFn:
+    """Clip x0_hat to the data range [lo, hi] (Ho et al. 2020's sampler clips to [-1, 1])."""
+    return map_x0(den, lambda x0: x0.clamp(lo, hi))
+
+
 def dynamic_thresholding(den: DenoiserFn, percentile: float = 0.995, max_value: float = 1.0) -> DenoiserFn:
     """Dynamic thresholding of x0_hat (Saharia et al. 2022, "Imagen", Sec. 2.3): per sample,
     s = the ``percentile`` quantile of |x0_hat|, clipped to [1, ``max_value``]; x0_hat is
@@ -127,8 +167,7 @@ def dynamic_thresholding(den: DenoiserFn, percentile: float = 0.995, max_value: 
     if not max_value >= 1:
         raise ValueError(f"dynamic_thresholding max_value must be >= 1, got {max_value!r}")
 
-    def thresholded(x: Tensor, t: TimeLike, **cond) -> Tensor:
-        x0 = den(x, t, **cond)
+    def threshold(x0: Tensor) -> Tensor:
         flat = x0.reshape(x0.shape[0], -1)
         s = torch.quantile(
             flat.abs().to(torch.float32 if flat.dtype == torch.float16 else flat.dtype), percentile, dim=1
@@ -137,4 +176,4 @@ def dynamic_thresholding(den: DenoiserFn, percentile: float = 0.995, max_value: 
         s = s.reshape((-1,) + (1,) * (x0.dim() - 1))
         return torch.maximum(torch.minimum(x0, s), -s) / s
 
-    return thresholded
+    return map_x0(den, threshold)

@@ -75,6 +75,16 @@ class Context:
         self.last_x0 = out
         return out
 
+    def denoise_with_variance(self, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """(x0_hat, variance fraction) from a learned-variance denoiser; one network evaluation."""
+        fn = getattr(self.den, "with_variance", None)
+        if fn is None:
+            raise ValueError("learned variances need a Denoiser(..., learned_variance=True) as the denoiser")
+        x0, frac = fn(x, t, **self.cond)
+        self.nfe += 1
+        self.last_x0 = x0.to(x.dtype)
+        return self.last_x0, frac.to(x.dtype)
+
     def score(self, x: Tensor, t: float) -> Tensor:
         """grad log p_t(x) from the denoiser by Tweedie's formula: (alpha x0_hat - x) / sigma^2."""
         a, s, _ = self.coefs(t)

@@ -22,21 +22,27 @@ from torch import Tensor
 from difflab.solvers.base import Context, Solver, register
 
 
+def ddim_mean(ctx: Context, i: int, x: Tensor, x0: Tensor, eta: float) -> tuple[Tensor, float]:
+    """The mean of a DDIM step from ts[i] to ts[i+1] given x0_hat at ts[i], and the variance
+    c^2 = eta^2 beta-tilde it leaves for fresh noise."""
+    a_t, s_t, l_t = ctx.coefs(ctx.t(i))
+    a_n, s_n, l_n = ctx.coefs(ctx.t(i + 1))
+    h = l_n - l_t
+    eps = (x - a_t * x0) / s_t
+    c2 = (eta * s_n) ** 2 * -math.expm1(-2 * h)
+    return a_n * x0 + math.sqrt(max(s_n**2 - c2, 0.0)) * eps, c2
+
+
 def ddim_update(ctx: Context, i: int, x: Tensor, x0: Tensor, eta: float, var_scale: float = 1.0) -> Tensor:
     """One DDIM step from ts[i] to ts[i+1] given x0_hat at ts[i].
 
     ``var_scale`` multiplies the injected variance c^2 while the mean stays the posterior
     mean; DDPM's 'large' variance choice (sigma^2 = beta) uses it.
     """
-    a_t, s_t, l_t = ctx.coefs(ctx.t(i))
-    a_n, s_n, l_n = ctx.coefs(ctx.t(i + 1))
-    h = l_n - l_t
-    eps = (x - a_t * x0) / s_t
-    c2 = (eta * s_n) ** 2 * -math.expm1(-2 * h)
-    out = a_n * x0 + math.sqrt(max(s_n**2 - c2, 0.0)) * eps
+    mean, c2 = ddim_mean(ctx, i, x, x0, eta)
     if c2 > 0:
-        out = out + math.sqrt(c2 * var_scale) * ctx.randn_like(x)
-    return out
+        mean = mean + math.sqrt(c2 * var_scale) * ctx.randn_like(x)
+    return mean
 
 
 @register

@@ -6,25 +6,30 @@ q(x_n | x_t, x_0) (eq. 7) and either of the paper's two variances (Sec. 3.2):
 (the forward variance sigma_{t|n}^2, optimal for x_0 ~ N(0, I)).  On any grid, with
 h = lambda_n - lambda_t, beta-tilde = sigma_n^2 (1 - e^{-2h}) and beta = (sigma_t/sigma_n)^2
 beta-tilde, so the mean and beta-tilde step is exactly DDIM with eta = 1.
+
+``learned``: the network's variance output interpolates log beta and log beta-tilde
+(Nichol & Dhariwal 2021, eq. 15), with the respaced chain's beta and beta-tilde on a
+coarser grid (their Sec. 4); needs a ``Denoiser(..., learned_variance=True)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor
 
 from difflab.solvers.base import Context, Solver, register
-from difflab.solvers.ddim import ddim_update
+from difflab.solvers.ddim import ddim_mean, ddim_update
 
-VARIANCES = ("beta_tilde", "beta")
+VARIANCES = ("beta_tilde", "beta", "learned")
 
 
 @register
 @dataclass(frozen=True)
 class DDPM(Solver):
-    """Ancestral sampling with variance ``beta_tilde`` (default) or ``beta``."""
+    """Ancestral sampling with variance ``beta_tilde`` (default), ``beta`` or ``learned``."""
 
     name: ClassVar[str] = "ddpm"
     order: ClassVar[int] = 1
@@ -36,6 +41,12 @@ class DDPM(Solver):
             raise ValueError(f"ddpm variance must be one of {VARIANCES}, got {self.variance!r}")
 
     def step(self, ctx: Context, i: int, x: Tensor, state: None) -> tuple[Tensor, None]:
+        if self.variance == "learned":
+            x0, frac = ctx.denoise_with_variance(x, ctx.t(i))
+            mean, beta_tilde = ddim_mean(ctx, i, x, x0, eta=1.0)
+            beta = beta_tilde * (ctx.coefs(ctx.t(i))[1] / ctx.coefs(ctx.t(i + 1))[1]) ** 2
+            logvar = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+            return mean + (0.5 * logvar).exp() * ctx.randn_like(x), None
         x0 = ctx.denoise(x, ctx.t(i))
         scale = 1.0
         if self.variance == "beta":

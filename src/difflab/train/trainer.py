@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from difflab.data import batches
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, clip_x0
 from difflab.solvers import sample
 from difflab.train import images
 from difflab.train.build import (
@@ -389,10 +389,7 @@ def generate(
     try:
         den = build_denoiser(net, schedule, cfg.model)
         if cfg.sample.clip_x0:
-            raw_den = den
-
-            def den(x: Tensor, t, **c) -> Tensor:
-                return raw_den(x, t, **c).clamp(-1, 1)
+            den = clip_x0(den)
 
         if guide is not None:
             den = guide(den)
