@@ -202,7 +202,10 @@ class Trainer:
         if path is None:
             return False
         state, t = load_checkpoint(path)
-        saved = state.get("config", {})
+        try:  # through the current Config: fields added since the checkpoint take their defaults
+            saved = to_dict(from_dict(state.get("config", {}), f"{path}/state.json"))
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: its config no longer loads: {e}") from None
         if _meta_key(saved) != _meta_key(to_dict(self.cfg)):
             raise ConfigError(
                 f"{path} was trained with a different data/model/schedule/loss config; "
