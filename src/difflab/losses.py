@@ -45,7 +45,6 @@ import torch
 from torch import Tensor
 
 from difflab.denoiser import Denoiser
-from difflab.likelihood import discretized_gaussian_log_likelihood
 from difflab.parameterization import PREDICTIONS, convert, from_x0, to_x0
 from difflab.schedules import DiscreteVP, Schedule, _bcast
 
@@ -227,6 +226,21 @@ def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
 
 
+def _std_normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def _discretized_gaussian_loglik(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(x) for x in [-1, 1] on 256 bins under N(mean, e^(2 log_scale)) (Ho et al. 2020, eq. 13)."""
+    inv = torch.exp(-log_scale)
+    cdf_plus = _std_normal_cdf(inv * (x - mean + 1 / 255))
+    cdf_min = _std_normal_cdf(inv * (x - mean - 1 / 255))
+    log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
+    log_1m_cdf_min = (1 - cdf_min).clamp(min=1e-12).log()
+    log_delta = (cdf_plus - cdf_min).clamp(min=1e-12).log()
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_1m_cdf_min, log_delta))
+
+
 def _ddpm_coeffs(schedule: DiscreteVP, i: Tensor) -> dict[str, Tensor]:
     """Per-index posterior q(x_{i-1} | x_i, x0) coefficients (Ho et al. 2020, eq. 6-7)."""
     abar = schedule.alphas_cumprod.to(i.device)
@@ -285,7 +299,7 @@ def vlb_terms(
     mean_p = co["c1"] * x0_hat + co["c2"] * x_t
     mean_q = co["c1"] * x0 + co["c2"] * x_t
     kl = _mean_flat(_normal_kl(mean_q, co["log_beta_tilde"].expand_as(x0), mean_p, logvar)) / math.log(2)
-    nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * logvar)) / math.log(2)
+    nll = -_mean_flat(_discretized_gaussian_loglik(x0, mean_p, 0.5 * logvar)) / math.log(2)
     return torch.where(i == 0, nll, kl)
 
 
