@@ -280,7 +280,24 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000, help="samples per method (the same x_T for all)")
     ap.add_argument("--quick", action="store_true", help="one mixture, NFE 5 and 10, 1000 samples")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild tables and plot from samplers_results.csv (re-times overhead)",
+    )
     args = ap.parse_args()
+    if args.report_only:
+        with open(RESULTS / "samplers_results.csv") as f:
+            rows = [
+                {**r, "nfe": int(r["nfe"]), **{k: float(r[k]) for k in ("fd", "sw", "mode")}} for r in csv.DictReader(f)
+            ]
+        plot(rows, RESULTS / "samplers_fd.png")
+        md = report(rows, choose_pick(rows, [5, 10]), overhead(), args.n, float("nan"))
+        print(md)
+        if not args.no_write:
+            cmd = "python benchmarks/samplers.py" + (f" --n {args.n}" if args.n != 3000 else "")
+            write_section("samplers", "## Samplers vs diffusers\n\n" + stamp(cmd) + "\n" + md)
+        return
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
     nfes = [5, 10] if args.quick else NFES
@@ -427,6 +444,78 @@ def choose_pick(rows: list[dict], nfes: list[int]) -> tuple[str, str]:
     return best
 
 
+def noise_band(rows: list[dict], mixture: str) -> float:
+    """Empirical noise of the paired excess: twice the lower quartile of |paired excess| over all
+    methods at the largest NFE run on this mixture (robust to the methods that have not converged)."""
+    exp = _excess(rows, paired=True)
+    top = max(k[4] for k in exp if k[0] == mixture)
+    vals = sorted(abs(v) for k, v in exp.items() if k[0] == mixture and k[4] == top)
+    return 2 * vals[len(vals) // 4]
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets judged on the paired excess (FD minus the exact ODE solution's FD from the
+    same x_T); the MC-floor version of the same numbers is in the table below."""
+    exp = _excess(rows, paired=True)
+    mixes = list(dict.fromkeys(r["mixture"] for r in rows if r["library"] == "floor"))
+    out = [
+        "### Targets (judged on the paired excess; 'noise' = twice the lower quartile of |paired excess| "
+        "over all methods at the largest NFE run: 50, or 20 on held-out mixtures)",
+        "",
+        "| mixture | NFE | best difflab | best diffusers | ratio | noise | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in mixes:
+        band = noise_band(rows, m)
+        for nfe in (5, 10, 20):
+            dn, dv = best_of(exp, m, "difflab", nfe)
+            fn, fv = best_of(exp, m, "diffusers", nfe)
+            if dv != dv:
+                continue
+            if nfe == 20:
+                verdict = "at the floor" if dv <= band else f"{dv / band:.1f}x the noise above the floor"
+            elif dv <= band and fv <= band:
+                verdict = "both at the floor"
+            elif dv <= 0.5 * fv or dv <= band:
+                verdict = "met (<= half)"
+            else:
+                verdict = f"missed: {dv / fv:.2f}x instead of <= 0.5x"
+            ratio = f"{dv / fv:.2f}" if fv > band else "-"
+            out.append(f"| {m} | {nfe} | {dn}: {dv:.4f} | {fn}: {fv:.4f} | {ratio} | {band:.4f} | {verdict} |")
+    return [*out, "", *ERROR_STUDY]
+
+
+ERROR_STUDY = [
+    "### Where the error comes from",
+    "",
+    "- **Time grid.** At 5-8 NFE the grid matters more than the solver. The log-SNR grid (DPM-Solver's) "
+    "spends its last evaluation denoising at sigma/alpha = 0.01, where nothing is left to do, and takes "
+    "steps of 2.4 in lambda; grids uniform or quadratic in t stop at sigma/alpha ~ 0.2-1 and let the final "
+    "denoising step cover the rest, which costs little FD (the posterior mean there is close to the ODE end "
+    "point) and buys smaller steps where the modes form. Karras' rho = 7 grid crowds the low-noise end and "
+    "is the worst at <= 10 NFE on this schedule (DPM++ 3M Karras: the largest errors of every library).",
+    "- **First steps and warm-up.** The first step is first order in every multistep method, and that is "
+    "harmless: at sigma/alpha = 157 the noise prediction is nearly constant. The damage is done by the next "
+    "steps: data-prediction solvers (DPM-Solver++, UniPC) extrapolate x0, whose deviation from the mean grows "
+    "like e^lambda while the noise is large, and noise-prediction solvers (DPM-Solver, DEIS) extrapolate eps, "
+    "which decays like e^-lambda once the noise is below the data scale. Each is badly modelled by a polynomial "
+    "in half of the range, at exactly the step sizes 5-10 NFE force.",
+    "- **The fix: `gauss_ei`** splits x0 into the posterior mean of a Gaussian of the data's scale (integrated "
+    "exactly) and a remainder F that is constant for Gaussian data, and runs Adams-Bashforth on F "
+    "(DPM-Solver-v3's idea with closed-form statistics; sigma_data = half the data's per-dimension std). It "
+    "removes most of the 5-8 NFE error on every mixture, seen and unseen.",
+    "- **Last step.** Replacing the final denoising step by a second-order extrapolation of eps in sigma/alpha "
+    "(DEIS' rho-AB to sigma = 0) changed FD by <= 10% in the error study, so the final step stays a plain "
+    "denoising step; lower-order final steps (`lower_order_final`) did not help on this schedule either.",
+    "- **DPM-Solver++(3M) of the reference code is second order.** Its second-difference term is weighted by "
+    "half the Taylor coefficient (diffusers inherits this); difflab's `dpmpp_3m` integrates the quadratic "
+    "interpolant exactly and converges at third order (`tests/test_fast_solvers.py`, convergence harness).",
+    "- **Noise.** With 3000 samples the FD of even the exact ODE solution from a given x_T differs from the "
+    "Monte-Carlo mean floor by up to ~0.15 (d16), so 'FD above floor' cannot separate methods beyond ~10 NFE; "
+    "the paired excess (same x_T, exact ODE subtracted) can, to the 'noise' column's level.",
+]
+
+
 def best_of(ex: dict, mixture: str, library: str, nfe: int) -> tuple[str, float]:
     cands = [
         (v, f"{k[2]}" + (f" / {k[3]}" if k[3] else ""))
@@ -447,8 +536,9 @@ def report(rows: list[dict], pick: tuple[str, str], over: list, n: int, seconds:
     mixes = list(dict.fromkeys(r["mixture"] for r in rows))
     out = [
         f"{n} samples per method, every method from the same x_T ~ p_T (exact marginal at t = 1), DDPM linear "
-        f"schedule (T = 1000), exact mixture denoiser in float64 for every library; run time {seconds / 60:.1f} min. "
-        "FD: Frechet distance to the exact data moments; 'above floor' subtracts the mean FD of fresh exact samples "
+        f"schedule (T = 1000), exact mixture denoiser in float64 for every library"
+        + (f"; run time {seconds / 60:.1f} min. " if seconds == seconds else " (tables rebuilt from the CSV). ")
+        + "FD: Frechet distance to the exact data moments; 'above floor' subtracts the mean FD of fresh exact samples "
         "(4 draws; its sd is shown). 'paired' columns subtract instead the FD of the exact probability-flow ODE "
         "solution from the same x_T (rk45, tol 1e-7), which cancels most Monte-Carlo noise. Up to 10 NFE every "
         "solver runs on every grid; above, each solver on log-SNR and on its best grid at 10 NFE. "
@@ -457,6 +547,8 @@ def report(rows: list[dict], pick: tuple[str, str], over: list, n: int, seconds:
         f"**The pick** (chosen on the first three mixtures by the geometric mean of FD above floor at 5 and 10 NFE): "
         f"`{pick[0]}` on the `{pick[1]}` grid (`gauss_ei` uses sigma_data = half the data's per-dimension std, a "
         "statistic of the data, not a tuned value).",
+        "",
+        *targets(rows),
         "",
         "### Best difflab vs best diffusers, FD above the floor",
         "",
@@ -531,7 +623,7 @@ def report(rows: list[dict], pick: tuple[str, str], over: list, n: int, seconds:
     ]
     for name, us, dname, dus in over:
         out.append(f"| {name} | {us:.0f} | {dname} | {dus:.0f} | {us / dus:.2f} |")
-    out += ["", "![FD above floor vs NFE](benchmarks/results/samplers_fd.png)", ""]
+    out += ["", "![paired FD excess vs NFE](benchmarks/results/samplers_fd.png)", ""]
     return "\n".join(out)
 
 
@@ -541,28 +633,27 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ex = _excess(rows)
+    ex = _excess(rows, paired=True)
     mixes = [m for m in dict.fromkeys(r["mixture"] for r in rows) if not m.startswith("held-out")]
     fig, axes = plt.subplots(1, len(mixes), figsize=(5 * len(mixes), 4), squeeze=False)
     for ax, m in zip(axes[0], mixes):
         nfes = sorted({k[4] for k in ex if k[0] == m})
         for lib, style in (("difflab", "-o"), ("diffusers", "--s")):
-            best = [max(best_of(ex, m, lib, nfe)[1], 1e-5) for nfe in nfes]
+            best = [max(best_of(ex, m, lib, nfe)[1], 1e-4) for nfe in nfes]
             ax.plot(nfes, best, style, label=f"best {lib}")
         for lib, meth, grid, style in (
             ("diffusers", "DPM++ 2M", "", ":"),
             ("diffusers", "UniPC", "", ":"),
             ("difflab", "dpmpp_2m", "logSNR", "-."),
         ):
-            vals = [max(ex.get((m, lib, meth, grid, nfe), math.nan), 1e-5) for nfe in nfes]
+            vals = [max(ex.get((m, lib, meth, grid, nfe), math.nan), 1e-4) for nfe in nfes]
             ax.plot(nfes, vals, style, alpha=0.7, label=f"{lib} {meth} {grid}".strip())
-        sd = next(r["fd"] for r in rows if r["mixture"] == m and r["library"] == "floor-sd")
-        ax.axhline(sd, color="grey", lw=0.8, label="sd of the MC floor")
+        ax.axhline(noise_band(rows, m), color="grey", lw=0.8, label="noise of the paired excess")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(m)
         ax.set_xlabel("NFE")
-        ax.set_ylabel("FD above floor")
+        ax.set_ylabel("FD - FD(exact ODE, same x_T), clipped at 1e-4")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
