@@ -30,10 +30,16 @@ def test_registry_lists_the_classic_samplers():
 
 @pytest.mark.parametrize("name", solvers.names())
 def test_same_samples_at_any_batch_size(name):
+    """Bit-for-bit up to float rounding; adaptive solvers control the error of the whole batch
+    together (Lu et al. 2022, Alg. 4; Dormand & Prince), so theirs agree within their tolerance."""
+    solver = quick(name)
     ts = timesteps.log_snr_uniform(SCH, 8)
-    big = sample(quick(name), DEN, SCH, SCH.prior_sample((9, 2), generator=5), ts, generator=6)
-    small = sample(quick(name), DEN, SCH, SCH.prior_sample((2, 2), generator=5), ts, generator=6)
-    torch.testing.assert_close(small, big[:2], rtol=1e-5, atol=1e-5)
+    big = sample(solver, DEN, SCH, SCH.prior_sample((9, 2), generator=5), ts, generator=6)
+    small = sample(solver, DEN, SCH, SCH.prior_sample((2, 2), generator=5), ts, generator=6)
+    tol = 1e-5
+    if solver.adaptive:
+        tol = 3 * max(solver.rtol * float(big.abs().max()), solver.atol)
+    torch.testing.assert_close(small, big[:2], rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("name", solvers.names())

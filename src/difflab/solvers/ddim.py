@@ -25,8 +25,8 @@ from difflab.solvers.base import Context, Solver, register
 def ddim_mean(ctx: Context, i: int, x: Tensor, x0: Tensor, eta: float) -> tuple[Tensor, float]:
     """The mean of a DDIM step from ts[i] to ts[i+1] given x0_hat at ts[i], and the variance
     c^2 = eta^2 beta-tilde it leaves for fresh noise."""
-    a_t, s_t, l_t = ctx.coefs(ctx.t(i))
-    a_n, s_n, l_n = ctx.coefs(ctx.t(i + 1))
+    a_t, s_t, l_t = ctx.at(i)
+    a_n, s_n, l_n = ctx.at(i + 1)
     h = l_n - l_t
     eps = (x - a_t * x0) / s_t
     c2 = (eta * s_n) ** 2 * -math.expm1(-2 * h)

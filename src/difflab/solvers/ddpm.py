@@ -44,11 +44,11 @@ class DDPM(Solver):
         if self.variance == "learned":
             x0, frac = ctx.denoise_with_variance(x, ctx.t(i))
             mean, beta_tilde = ddim_mean(ctx, i, x, x0, eta=1.0)
-            beta = beta_tilde * (ctx.coefs(ctx.t(i))[1] / ctx.coefs(ctx.t(i + 1))[1]) ** 2
+            beta = beta_tilde * (ctx.at(i)[1] / ctx.at(i + 1)[1]) ** 2
             logvar = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
             return mean + (0.5 * logvar).exp() * ctx.randn_like(x), None
         x0 = ctx.denoise(x, ctx.t(i))
         scale = 1.0
         if self.variance == "beta":
-            scale = (ctx.coefs(ctx.t(i))[1] / ctx.coefs(ctx.t(i + 1))[1]) ** 2
+            scale = (ctx.at(i)[1] / ctx.at(i + 1)[1]) ** 2
         return ddim_update(ctx, i, x, x0, eta=1.0, var_scale=scale), None

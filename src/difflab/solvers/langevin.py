@@ -173,8 +173,8 @@ class PC(Solver):
 
     def step(self, ctx: Context, i: int, x: Tensor, state: None) -> tuple[Tensor, None]:
         t, tn = ctx.t(i), ctx.t(i + 1)
-        a_t, s_t, _ = ctx.coefs(t)
-        a_n, s_n, _ = ctx.coefs(tn)
+        a_t, s_t, _ = ctx.at(i)
+        a_n, s_n, _ = ctx.at(i + 1)
         ratio = a_t / a_n
         if self.predictor == "reverse_diffusion":
             g2 = max(s_t**2 - ratio**2 * s_n**2, 0.0)  # sigma_{t|n}^2
