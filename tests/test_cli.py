@@ -75,3 +75,21 @@ def test_demo_writes_its_files(tmp_path):
         assert (out / name).exists(), name
     arr = np.load(out / "samples.npz")["samples"]
     assert arr.shape[0] >= 256 and arr.shape[1:] == (1, 8, 8) and arr.min() >= 0 and arr.max() <= 1
+
+
+def test_eval_writes_a_json_report(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    assert (
+        main(["train", str(ROOT / "configs" / "digits.toml"), *FAST, "--set", f"train.out='{run}'", "--no-progress"])
+        == 0
+    )
+    out = tmp_path / "eval.json"
+    argv = ["eval", str(run), "--metrics", "fid,kid,pr", "--solver", "ddim", "--steps", "2", "--n", "130"]
+    assert main([*argv, "--n-real", "200", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["fid"] > 0 and 0 <= report["precision"] <= 1 and report["nfe"] == 2
+    assert main([*argv, "--metrics", "fid,bogus", "--out", str(out)]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere"), "--out", str(out)]) == 2

@@ -1,7 +1,8 @@
-"""The ``difflab`` command line: ``train``, ``sample`` and ``demo``.
+"""The ``difflab`` command line: ``train``, ``sample``, ``eval`` and ``demo``.
 
 difflab train configs/digits.toml --set train.steps=2000
 difflab sample runs/digits --solver dpmpp_2m --steps 20 --n 64 --seed 0 --out samples.png
+difflab eval runs/fm --metrics fid,kid,pr,nll --solver dpmpp_2m --steps 20 --out eval.json
 difflab demo --out demo
 """
 
@@ -121,6 +122,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--batch-size", type=int, default=256)
 
+    e = sub.add_parser("eval", help="measure a checkpoint: FID, KID, precision/recall, accuracy, test-set NLL")
+    e.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
+    e.add_argument("--metrics", default="fid,kid,pr", help="comma list of fid, kid, pr, accuracy, nll")
+    e.add_argument("--solver", default=None, help="solver name (default: the config's)")
+    e.add_argument("--steps", type=int, default=None, help="solver steps (default: the config's)")
+    e.add_argument("--n", type=int, default=1000, help="number of generated samples")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free (or, with --classifier, classifier) guidance scale",
+    )
+    e.add_argument("--classifier", default=None, help="noisy-classifier checkpoint for classifier guidance")
+    e.add_argument("--label", type=int, default=None, help="generate one class only (class-conditional models)")
+    e.add_argument("--unconditional", action="store_true", help="sample a class-conditional model with its null label")
+    e.add_argument("--n-real", type=int, default=10000, help="real images for the reference statistics")
+    e.add_argument("--nll-n", type=int, default=64, help="test images for the bits/dim estimates")
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    e.add_argument("--out", default="eval.json", help="the JSON report")
+
     d = sub.add_parser(
         "demo", help="train on the embedded digits and write samples, a denoising strip and a loss curve"
     )
@@ -218,6 +241,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from difflab.evaluation import evaluate_checkpoint
+    from difflab.train import CheckpointError, ConfigError
+
+    if args.n < 2:
+        raise UsageError(f"--n must be at least 2 for the metrics' statistics, got {args.n}")
+    try:
+        report = evaluate_checkpoint(
+            args.ckpt,
+            args.metrics,
+            solver=args.solver,
+            steps=args.steps,
+            n=args.n,
+            seed=args.seed,
+            guidance=args.guidance,
+            classifier=args.classifier,
+            label=args.label,
+            unconditional=args.unconditional,
+            n_real=args.n_real,
+            nll_n=args.nll_n,
+            batch_size=args.batch_size,
+            use_ema=not args.no_ema,
+            out=args.out,
+            progress=True,
+        )
+    except ValueError as e:
+        if isinstance(e, ConfigError | CheckpointError):
+            raise
+        raise UsageError(str(e)) from None
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict | list)}, indent=1))
+    print(f"report -> {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -273,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     from difflab.train import CheckpointError, ConfigError, TrainingError
 
     try:
-        return {"train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}[args.cmd](args)
+        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}[args.cmd](args)
     except (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError) as e:
         print(f"difflab {args.cmd}: error: {e}", file=sys.stderr)
         return 2
