@@ -168,7 +168,8 @@ def report(data: dict[str, Any], solver: str, steps: int, grids: list[Path], com
     lines.append("")
     lines.append(
         "CFG batches the conditional and unconditional evaluations into one network call of twice the batch; "
-        "classifier guidance adds a classifier forward and backward pass per call."
+        "classifier guidance adds a classifier forward and backward pass per call. s / sample is wall time "
+        "with three or four benchmark processes sharing the 2 cores: a rough guide only."
     )
     lines.append("")
     lines.append(f"![trade-off]({png.relative_to(ROOT)})")
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     data = measure(points(a.solver, a.steps, a.ancestral_steps), a.n, a.n_ancestral)
     grids = class_grids(a.solver, a.steps, 3.0)
     if not a.no_report:
-        report(data, a.solver, a.steps, grids, "python benchmarks/guidance.py " + " ".join(sys.argv[1:]))
+        report(data, a.solver, a.steps, grids, " ".join(["python benchmarks/guidance.py", *sys.argv[1:]]))
     return 0
 
 
