@@ -93,3 +93,31 @@ def test_eval_writes_a_json_report(tmp_path, capsys):
     assert main([*argv, "--metrics", "fid,bogus", "--out", str(out)]) == 2
     assert "bogus" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_sample_label_errors(tmp_path, capsys):
+    run = tmp_path / "cond"
+    cond = [
+        "--set",
+        "model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, head_channels=8, groups=4, num_classes=true}",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs" / "digits.toml"),
+                *FAST,
+                *cond,
+                "--set",
+                f"train.out='{run}'",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = str(tmp_path / "s.png")
+    assert main(["sample", str(run), "--label", "3", "--guidance", "2", "--n", "2", "--out", out]) == 0
+    assert main(["sample", str(run), "--label", "11", "--out", out]) == 2
+    assert "--label 11 is outside the model's classes 0..9" in capsys.readouterr().err
+    assert main(["sample", str(run), "--label", "3", "--guidance", "inf", "--out", out]) == 2
+    assert "finite number, got inf" in capsys.readouterr().err

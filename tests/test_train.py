@@ -55,6 +55,19 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+def test_resume_a_checkpoint_written_before_newer_config_keys(tmp_path):
+    """A config key added later (with a default) must not block resuming an older checkpoint."""
+    Trainer(tiny(tmp_path, "train.steps=3"), progress=False, log=lambda s: None).fit()
+    state_file = latest_checkpoint(tmp_path / "checkpoints") / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("captions", "text_max_length"):
+        del state["config"]["model"][key]
+    state_file.write_text(json.dumps(state))
+    tr = Trainer(tiny(tmp_path, "train.steps=5"), progress=False, log=lambda s: None)
+    tr.fit()
+    assert tr.step == 5
+
+
 def test_checkpoint_files_and_sampling(tmp_path):
     tr = Trainer(tiny(tmp_path, "train.steps=3", "train.grad_accum=2", "train.bf16=true"), progress=False)
     ckpt = tr.fit()
