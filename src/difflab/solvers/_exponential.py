@@ -100,7 +100,8 @@ class Grid:
 
     @classmethod
     def of(cls, ctx: Context) -> Grid:
-        return cls.at(ctx, ctx.ts)
+        """The run's grid, from the coefficients the Context computed once."""
+        return cls(ctx.times, ctx.alphas, ctx.sigmas, ctx.lams, tuple(s == 0 for s in ctx.sigmas))
 
     @classmethod
     def at(cls, ctx: Context, ts: Tensor) -> Grid:

@@ -10,6 +10,7 @@ counter, the noise streams -- lives in a :class:`Context` that ``sample`` create
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -55,12 +56,15 @@ class Context:
     def __post_init__(self) -> None:
         # the grid's times and coefficients as Python floats, computed once per run: a schedule
         # call per step would cost more than a cheap solver's whole arithmetic
-        s, ts = self.schedule, self.ts
-        self._t = ts.tolist()
-        self._coefs = list(zip(s.alpha(ts).tolist(), s.sigma(ts).tolist(), s.lam(ts).tolist()))
+        la, ls = self.schedule.log_alpha(self.ts), self.schedule.log_sigma(self.ts)
+        self.times: tuple[float, ...] = tuple(self.ts.tolist())
+        self.alphas: tuple[float, ...] = tuple(la.exp().tolist())
+        self.sigmas: tuple[float, ...] = tuple(ls.exp().tolist())
+        self.lams: tuple[float, ...] = tuple((la - ls).tolist())
+        self._coefs = list(zip(self.alphas, self.sigmas, self.lams))
 
     def t(self, i: int) -> float:
-        return self._t[i]
+        return self.times[i]
 
     def at(self, i: int) -> tuple[float, float, float]:
         """(alpha, sigma, lambda) at grid point i (cached)."""
@@ -80,7 +84,8 @@ class Context:
                 f"denoiser returned {got} for input of shape {tuple(x.shape)}; it must return x0_hat of the same shape"
             )
         out = out.to(x.dtype)
-        if not torch.isfinite(out).all():
+        # one reduction: a NaN or an infinity anywhere makes the sum non-finite
+        if not math.isfinite(float(out.sum())) and not torch.isfinite(out).all():
             tt = float(t) if not isinstance(t, Tensor) or t.numel() == 1 else "per-sample times"
             raise FloatingPointError(f"denoiser returned non-finite values at t = {tt}")
         self.last_x0 = out
