@@ -39,7 +39,7 @@ from report import RESULTS, ROOT, stamp, write_section
 
 CONFIG = ROOT / "configs" / "fashion_ddpm_cond.toml"
 RUN = ROOT / "runs" / "fashion_ddpm_cond"
-SOLVERS = ("ddim", "dpmpp_2m", "unipc", "heun", "ddpm")
+SOLVERS = ("ddim", "plms", "deis", "dpm_solver", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "ddpm")
 NFES = (5, 10, 20, 50)
 N_REAL = 10000
 
@@ -73,8 +73,13 @@ def training_summary(run: Path = RUN) -> dict[str, Any]:
 
 
 def solver_steps(solver: str, nfe: int) -> int:
-    """Solver steps for about ``nfe`` network evaluations (Heun: 2 per step, the last one 1)."""
-    return (nfe + 1) // 2 if solver == "heun" else nfe
+    """Solver steps for about ``nfe`` network evaluations (Heun: 2 per step, DPM-Solver-3: 3 per
+    step; the last step, to t = 0, is one evaluation)."""
+    if solver == "heun":
+        return (nfe + 1) // 2
+    if solver == "dpm_solver":
+        return max(1, round((nfe - 1) / 3) + 1)
+    return nfe
 
 
 def _load(part: str) -> dict[str, Any]:
