@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from difflab.data import fashion_mnist
 from difflab.evaluation import evaluate_checkpoint, guided_generate, write_report
+from difflab.images import save_grid
 from difflab.train import latest_checkpoint, load_model
 from difflab.train.classifier import load_noisy_classifier, noisy_accuracy
 from difflab.train.classifier import main as train_classifier
-from difflab.train.images import save_grid
 from quality import N_REAL, RUN, ensure_model
 from report import RESULTS, ROOT, stamp, write_section
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from difflab import guidance
+from difflab.images import save_grid
 from difflab.metrics import evaluate
 from difflab.text import FASHION_MNIST_NOUNS
 from difflab.train import Trainer, generate, load_config, load_model, prompt_context
 from difflab.train.checkpoint import latest_checkpoint
-from difflab.train.images import save_grid
 from report import RESULTS, stamp, write_section
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_text.toml"

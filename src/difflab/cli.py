@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 def _save_samples(x, out: Path) -> None:
     import numpy as np
 
-    from difflab.train import images
+    from difflab import images
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -280,7 +280,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from difflab.train import Trainer, generate, images
+    from difflab import images
+    from difflab.train import Trainer, generate
     from difflab.train.config import _toml, apply_overrides, from_dict
 
     out = Path(args.out)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difflab import images
 from difflab.likelihood import ode_flow
 from difflab.schedules import Schedule
 from difflab.solvers import Context, Solver, get, sample
@@ -215,23 +216,7 @@ def interpolate(
 def save_interpolation_strip(frames: Tensor, path: str | os.PathLike, scale: int | None = None) -> Path:
     """Write images (N, C, H, W) in [-1, 1] side by side as one PNG (nearest-neighbour
     enlargement to about 32 px per image by default); returns the path."""
-    from PIL import Image
-
     if frames.dim() != 4 or frames.shape[1] not in (1, 3):
         raise ValueError(f"frames must be (N, 1 or 3, H, W) images, got {tuple(frames.shape)}")
-    n, c, h, w = frames.shape
-    scale = scale or max(1, math.ceil(32 / w))
-    x = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pad = 1
-    canvas = torch.full((c, h + 2 * pad, n * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(n):
-        canvas[:, pad : pad + h, pad + i * (w + pad) : pad + i * (w + pad) + w] = x[i]
-    arr = canvas.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr, "L" if c == 1 else "RGB")
-    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    scale = scale or max(1, math.ceil(32 / frames.shape[-1]))
+    return images.save_grid(frames, path, nrow=frames.shape[0], scale=scale)

@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from difflab import images
 from difflab.data import batches
 from difflab.denoiser import Denoiser, clip_x0
 from difflab.solvers import sample
-from difflab.train import images
 from difflab.train.build import (
     build_data,
     build_denoiser,
