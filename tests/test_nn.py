@@ -65,3 +65,5 @@ def test_build_from_config():
         dnn.build("unet", chanels=3)
     with pytest.raises(ValueError, match="attention_resolutions"):
         dnn.UNet(1, 16, (1, 2), 1, attention_resolutions=(3,), image_size=8)
+    with pytest.raises(ValueError, match="240 channels cannot be split into heads of 32"):
+        dnn.UNet(1, 48, (1, 3, 5), 1, attention_resolutions=(8,), image_size=32, head_channels=32)

@@ -66,6 +66,11 @@ class AttentionBlock(nn.Module):
     def __init__(self, ch: int, head_channels: int, groups: int, context_dim: int | None = None) -> None:
         super().__init__()
         self.heads = max(1, ch // head_channels)
+        if ch % self.heads:
+            raise ValueError(
+                f"an attention block of {ch} channels cannot be split into heads of {head_channels} channels; "
+                "choose head_channels dividing every attended level's width (channels x channel_mults)"
+            )
         self.norm = _norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
