@@ -9,3 +9,17 @@ import torch
 
 torch.set_num_threads(int(os.environ.get("DIFFLAB_TEST_THREADS", "1")))
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
+
+
+def require_fashion_mnist() -> None:
+    """Skip on a developer machine without Debian's Fashion-MNIST; fail under CI, whose
+    .ci/run installs it, so a missing data set can never hide a test there."""
+    import pytest
+
+    from difflab import data
+
+    if (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Fashion-MNIST is missing from {data.FASHION_MNIST_DIR} under CI (.ci/run installs it)")
+    pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

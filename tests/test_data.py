@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_fashion_mnist
 from difflab import data
 
 
@@ -65,8 +66,8 @@ def test_fashion_mnist_missing_message(tmp_path):
         data.fashion_mnist(root=tmp_path / "nowhere")
 
 
-@pytest.mark.skipif(not (data.FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST")
 def test_fashion_mnist_debian():
+    require_fashion_mnist()
     x, y = data.fashion_mnist(split="test", limit=100)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,) and int(y.min()) >= 0 and int(y.max()) <= 9
     assert float(x.min()) >= -1 and float(x.max()) <= 1

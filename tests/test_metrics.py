@@ -13,6 +13,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from conftest import require_fashion_mnist
 from difflab import metrics
 from difflab.metrics.mmd import mmd2_unbiased, polynomial_kernel, rbf_kernel
 
@@ -147,13 +148,6 @@ def test_sliced_wasserstein_of_shifted_gaussians():
 
 
 # --- shipped feature networks -------------------------------------------------------------
-def _shipped(name: str) -> None:
-    try:
-        metrics.shipped_info(name)
-    except FileNotFoundError:
-        pytest.skip(f"{name} classifier weights not trained yet")
-
-
 def test_shipped_weight_files_are_small():
     wdir = Path(metrics.features.__file__).parents[1] / "weights"
     files = list(wdir.glob("*_classifier.*"))
@@ -162,7 +156,6 @@ def test_shipped_weight_files_are_small():
 
 
 def test_digits_classifier_accuracy_and_floor():
-    _shipped("digits")
     from difflab import data
 
     xte, yte = data.digits(split="test")
@@ -176,19 +169,15 @@ def test_digits_classifier_accuracy_and_floor():
 
 
 def test_fashion_mnist_classifier_accuracy():
-    _shipped("fashion_mnist")
     from difflab import data
 
-    try:
-        xte, yte = data.fashion_mnist(split="test")
-    except FileNotFoundError:
-        pytest.skip("Fashion-MNIST not installed")
+    require_fashion_mnist()
+    xte, yte = data.fashion_mnist(split="test")
     acc = metrics.classifier_accuracy(xte, yte, "fashion_mnist")
     assert acc >= 0.90 and acc == pytest.approx(metrics.shipped_info("fashion_mnist")["test_accuracy"], abs=1e-3)
 
 
 def test_feature_net_input_checks():
-    _shipped("fashion_mnist")
     net = metrics.feature_net("fashion_mnist")
     assert net.features(torch.zeros(3, 1, 28, 28)).shape == (3, 128)
     with pytest.raises(ValueError, match=r"1-channel images \(B, 1, 28, 28\), got 3 channels"):

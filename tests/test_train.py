@@ -177,7 +177,6 @@ def test_config_errors(tmp_path):
 
 
 def test_yaml_config(tmp_path):
-    pytest.importorskip("yaml")
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  steps: 7\nmodel:\n  network: mlp\n")
     cfg = load_config(p, ["train.lr=0.01"])
