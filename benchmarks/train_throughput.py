@@ -43,14 +43,16 @@ def diffusers_unet() -> torch.nn.Module:
     )
 
 
-#: difflab's configuration: the same widths, with the parameters moved from the 32x32 level (where
-#: FLOPs are expensive) to the 8x8 / 16x16 levels (where they are cheap): one residual block at
-#: 32x32 instead of two, wider 8x8 level, and channels-last convolutions.
+#: difflab's configuration: DDPM's four levels for 32x32 (Ho et al. 2020 use 32/16/8/4) with the
+#: residual blocks moved from the 32x32 and 16x16 levels (where FLOPs are expensive) to the 8x8 and
+#: 4x4 levels (where a parameter costs a sixteenth / a sixty-fourth of the FLOPs): one block at
+#: 32x32 and 16x16 instead of two, two at 8x8 and 4x4, attention at 16x16 as in diffusers'
+#: model, and channels-last convolutions.
 DIFFLAB_ARGS = dict(
     in_channels=CH,
     channels=64,
-    channel_mults=(1, 2, 3),
-    num_res_blocks=(1, 2, 2),
+    channel_mults=(1, 2, 2, 3),
+    num_res_blocks=(1, 1, 2, 2),
     attention_resolutions=(16,),
     image_size=RES,
     head_channels=32,
@@ -68,7 +70,8 @@ SAME_LAYOUT_ARGS = dict(
     image_size=RES,
     head_channels=32,
 )
-MODELS = ("diffusers", "difflab", "difflab_same_layout")
+#: difflab_default_format: difflab's layout without channels-last (isolates the memory format).
+MODELS = ("diffusers", "difflab", "difflab_default_format", "difflab_same_layout")
 
 
 class _Wrap(torch.nn.Module):
@@ -87,7 +90,7 @@ def make(kind: str, channels_last: bool = True) -> tuple[torch.nn.Module, torch.
     if kind == "diffusers":
         net = diffusers_unet()
     else:
-        net = UNet(**(DIFFLAB_ARGS if kind == "difflab" else SAME_LAYOUT_ARGS))
+        net = UNet(**(SAME_LAYOUT_ARGS if kind == "difflab_same_layout" else DIFFLAB_ARGS))
     if kind == "difflab" and channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = _Wrap(net, kind)
@@ -108,6 +111,40 @@ def time_steps(model, opt, x, t, steps: int) -> float:
     for _ in range(steps):
         train_step(model, opt, x, t)
     return (time.perf_counter() - t0) / steps
+
+
+def step_flops(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> float:
+    """FLOPs of one forward + backward pass (torch's FlopCounterMode: convolutions, matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x, t).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def conv_layouts(reps: int = 3) -> list[str]:
+    """Forward + backward time of single 3x3 convolutions (batch 128) in both memory formats."""
+    rows = [
+        "| conv 3x3, batch 128, forward + backward | default layout | channels-last |",
+        "| --- | ---: | ---: |",
+    ]
+    for cin, cout, res in ((64, 64, 32), (128, 128, 16), (256, 128, 16), (128, 128, 8), (192, 192, 4)):
+        flops = 3 * 2 * 9 * cin * cout * res * res * BATCH  # forward, input gradient, weight gradient
+        cells = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(BATCH, cin, res, res).to(memory_format=fmt).requires_grad_()
+            conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=fmt)
+            gy = torch.randn_like(conv(x))  # an upstream gradient in the output's memory format, as in a network
+            conv(x).backward(gy)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                conv(x).backward(gy)
+            sec = (time.perf_counter() - t0) / reps
+            cells.append(f"{sec * 1e3:.0f} ms ({flops / sec / 1e9:.0f} GFLOP/s)")
+        rows.append(f"| {cin}->{cout} at {res}x{res} | {cells[0]} | {cells[1]} |")
+    return rows
 
 
 def profile(model, opt, x, t, rows: int = 8) -> str:
@@ -134,6 +171,7 @@ def main() -> None:
     t = torch.randint(0, 1000, (BATCH,), generator=g).float()
     models = {k: make(k) for k in MODELS}
     params = {k: count_parameters(m) for k, (m, _) in models.items()}
+    flops = {k: step_flops(m, x, t) for k, (m, _) in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for r in range(args.rounds):
         for k in MODELS if r % 2 == 0 else MODELS[::-1]:
@@ -159,11 +197,14 @@ def main() -> None:
         f"One AdamW training step (eps-MSE, float32, CPU) on a batch of {BATCH} {CH}x{RES}x{RES} images; "
         f"models timed in {args.rounds} alternating rounds of {args.steps} steps (after a warm-up step), median reported.",
         "",
-        "| model | parameters | images/s | step time (s) |",
-        "| --- | ---: | ---: | ---: |",
+        "| model | parameters | GFLOP / step | images/s | step time (s) | achieved GFLOP/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for k in MODELS:
-        md.append(f"| {k} | {params[k] / 1e6:.2f}M | {ips[k]:.1f} | {med[k]:.2f} |")
+        md.append(
+            f"| {k} | {params[k] / 1e6:.2f}M | {flops[k] / 1e9:.0f} | {ips[k]:.1f} | {med[k]:.2f} | "
+            f"{flops[k] / med[k] / 1e9:.0f} |"
+        )
     md += [
         "",
         f"**difflab / diffusers throughput: {ratio:.2f}x** at {params['difflab'] / params['diffusers']:.2f}x the parameters "
@@ -172,14 +213,24 @@ def main() -> None:
         "",
         "diffusers: `UNet2DModel(block_out_channels=(64, 128, 128), layers_per_block=2, attention at 16x16)`.  ",
         f"difflab: `UNet({', '.join(f'{k}={v}' for k, v in DIFFLAB_ARGS.items())})`, channels-last: "
-        "the parameters moved from the 32x32 level (one residual block instead of two) to a wider 8x8 level, "
-        "where they cost a sixteenth of the FLOPs.  ",
+        "a fourth level (4x4, as in DDPM's 32x32 models) and the residual blocks moved from the 32x32 and 16x16 "
+        "levels (one each instead of two) to the 8x8 and 4x4 levels, where a parameter costs 1/16 and 1/64 of the FLOPs.  ",
         f"difflab_same_layout: `UNet({', '.join(f'{k}={v}' for k, v in SAME_LAYOUT_ARGS.items())})`, default memory format.",
         "",
-        "Where the time goes (profiles below): convolutions (forward and backward) take about three quarters of "
-        "a step in both libraries, GroupNorm/SiLU/attention the rest; so the fixes are fewer convolution FLOPs at "
-        "the highest resolution and oneDNN's faster channels-last convolution kernels.  The sample quality of the "
-        "re-balanced layout at equal training has not been measured here (see the report).",
+        "Where the time goes (profiles below): convolutions, forward and backward, take about three quarters "
+        "of a step in both libraries; GroupNorm, SiLU, attention and the skip concatenations the rest.  The "
+        "convolutions run at about 100-200 GFLOP/s on these two AVX2 cores (no AVX-512, no bf16 units), more "
+        "at low resolution than at high (table below), so a step costs its FLOPs and the fix is the layout: "
+        f"difflab's step needs {flops['difflab'] / flops['diffusers']:.2f}x diffusers' FLOPs for "
+        f"{params['difflab'] / params['diffusers']:.2f}x its parameters and runs them at "
+        f"{flops['difflab'] / med['difflab'] / (flops['diffusers'] / med['diffusers']):.2f}x its FLOP rate "
+        "(more of them at 8x8 and 4x4).  Channels-last adds "
+        f"{ips['difflab'] / ips['difflab_default_format']:.2f}x on the whole step.  At diffusers' own layout "
+        f"difflab's U-Net is {ips['difflab_same_layout'] / ips['diffusers']:.2f}x as fast: the implementation "
+        "alone is no faster.  Whether the re-balanced layout samples as well is measured side by side in "
+        "the next section (train_quality).",
+        "",
+        *conv_layouts(),
         "",
         "No GPU was available to this task: bf16 throughput and model FLOP utilisation on a GPU are not measured.",
     ]
