@@ -96,6 +96,7 @@ class TrainConfig:
     label_dropout: float = 0.1  # class-conditional nets: share of null labels (classifier-free guidance)
     bf16: bool = False  # bfloat16 autocast
     compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # image networks: channels-last memory format (oneDNN's faster CPU convolutions)
     seed: int = 0
     threads: int | None = None  # torch.set_num_threads; 0 = auto (1 or all, whichever is faster)
     max_minutes: float | None = None  # stop early after this much training wall time

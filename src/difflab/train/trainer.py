@@ -150,6 +150,15 @@ class Trainer:
         num_classes = int(self.labels.max()) + 1 if self.labels is not None else None
         torch.manual_seed(tc.seed)  # network initialisation
         self.net = build_network(cfg.model, tuple(self.data.shape[1:]), num_classes).to(self.device)
+        self._memory_format = torch.contiguous_format
+        if tc.channels_last:
+            if self.data.dim() != 4:
+                raise ConfigError(
+                    f"train.channels_last needs image data (N, C, H, W); data {cfg.data.name!r} has shape "
+                    f"{tuple(self.data.shape)}"
+                )
+            self._memory_format = torch.channels_last
+            self.net = self.net.to(memory_format=self._memory_format)
         self.conditional = bool(getattr(self.net, "config", {}).get("num_classes"))
         if self.conditional and self.labels is None:
             raise ConfigError("model.args.num_classes is set but the data set has no labels")
@@ -257,7 +266,8 @@ class Trainer:
                 ctx, mask = self.captions.lookup(torch.where(drop, torch.full_like(ym, null), ym), self.gen)
                 cond["context"], cond["context_mask"] = ctx.to(self.device), mask.to(self.device)
             with self._autocast():
-                loss = self.loss_fn(self._train_den, xm.to(self.device), self.gen, **cond)
+                xm = xm.to(self.device).contiguous(memory_format=self._memory_format)
+                loss = self.loss_fn(self._train_den, xm, self.gen, **cond)
             if not torch.isfinite(loss.detach()):
                 last = latest_checkpoint(self.ckpt_dir)
                 raise TrainingError(
