@@ -118,13 +118,18 @@ def report(args: argparse.Namespace) -> None:
     for kind in MODELS:
         model, meta = load(kind)
         den = denoiser(model)
-        losses[kind] = heldout_losses(den, x0, args.seed)
-        samples = torch.cat(
-            [
-                difflab.sample("dpmpp_2m", den, schedule(), xT[s : s + 250], ts)
-                for s in tqdm(range(0, args.samples, 250), desc=f"sampling {kind}")
-            ]
-        ).clamp(-1, 1)
+        cache = OUT / f"{kind}_eval_{args.heldout}_{args.samples}_{args.seed}.pt"  # survives an interrupted report
+        if cache.exists():
+            losses[kind], samples = torch.load(cache).values()
+        else:
+            losses[kind] = heldout_losses(den, x0, args.seed)
+            samples = torch.cat(
+                [
+                    difflab.sample("dpmpp_2m", den, schedule(), xT[s : s + 250], ts)
+                    for s in tqdm(range(0, args.samples, 250), desc=f"sampling {kind}")
+                ]
+            ).clamp(-1, 1)
+            torch.save({"losses": losses[kind], "samples": samples}, cache)
         save_grid(samples[:64], OUT / f"{kind}_samples.png")
         m = metrics.evaluate(
             samples,
