@@ -144,6 +144,9 @@ def report(args: argparse.Namespace) -> None:
             m,
             params=meta["params"],
             steps=meta["steps"],
+            lr=meta["lr"],
+            warmup=meta["warmup"],
+            ema_decay=meta["ema_decay"],
             train_seconds=meta["seconds"],
             train_loss_last100=sum(tail) / len(tail),
             heldout=float(losses[kind].mean()),
@@ -159,6 +162,10 @@ def report(args: argparse.Namespace) -> None:
         "## Training: sample quality of the faster layout (side by side with diffusers)",
         "",
         stamp(cmd.strip()),
+        f"Trained with `python benchmarks/train_quality.py train --model {{diffusers,difflab}} --steps {a['steps']} "
+        f"--batch {args.batch_used} --lr {a['lr']:g} --warmup {a['warmup']} --ema-decay {a['ema_decay']:g}` "
+        "(the two at once, one thread each).",
+        "",
         f"Both U-Nets of the throughput benchmark trained on Fashion-MNIST (padded to 32x32) for {a['steps']} steps "
         f"of batch {args.batch_used} with identical batches, times and noise (L_simple, eps, DDPM linear betas, "
         "AdamW, warm-up, clipping 1.0, EMA), one CPU thread each.  Measured on the EMA weights: held-out L_simple "
@@ -187,6 +194,11 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"Held-out loss difference difflab - diffusers: **{float(diff.mean()):+.5f} +- {se:.5f}** (paired standard "
         f"error; negative = difflab better).  By time step: {'; '.join(per_bin)}.",
+        "",
+        "Both models are early in training at this budget (most samples are not yet garments): read this as "
+        "how fast the two learn, not as their converged quality."
+        if a["steps"] < 5000
+        else "",
         "",
         f"Sample grids: `{OUT}/diffusers_samples.png`, `{OUT}/difflab_samples.png` (not committed: runs/ is ignored).",
     ]

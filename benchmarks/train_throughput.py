@@ -219,13 +219,15 @@ def main() -> None:
         "",
         "Where the time goes (profiles below): convolutions, forward and backward, take about three quarters "
         "of a step in both libraries; GroupNorm, SiLU, attention and the skip concatenations the rest.  The "
-        "convolutions run at about 100-200 GFLOP/s on these two AVX2 cores (no AVX-512, no bf16 units), more "
-        "at low resolution than at high (table below), so a step costs its FLOPs and the fix is the layout: "
+        "convolutions run at about 100-150 GFLOP/s on these two AVX2 cores (no AVX-512, no bf16 units) at every "
+        "size in the network (table below), so a step costs its FLOPs and the main fix is the layout: "
         f"difflab's step needs {flops['difflab'] / flops['diffusers']:.2f}x diffusers' FLOPs for "
         f"{params['difflab'] / params['diffusers']:.2f}x its parameters and runs them at "
         f"{flops['difflab'] / med['difflab'] / (flops['diffusers'] / med['diffusers']):.2f}x its FLOP rate "
         "(more of them at 8x8 and 4x4).  Channels-last adds "
-        f"{ips['difflab'] / ips['difflab_default_format']:.2f}x on the whole step.  At diffusers' own layout "
+        f"{ips['difflab'] / ips['difflab_default_format']:.2f}x on the whole step although a single convolution "
+        "is no faster in it (table): the gain lies in the operations around the convolutions (not broken down "
+        "further here).  At diffusers' own layout "
         f"difflab's U-Net is {ips['difflab_same_layout'] / ips['diffusers']:.2f}x as fast: the implementation "
         "alone is no faster.  Whether the re-balanced layout samples as well is measured side by side in "
         "the next section (train_quality).",
