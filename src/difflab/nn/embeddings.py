@@ -52,3 +52,11 @@ def time_embedding(kind: str, dim: int, scale: float | None = None) -> nn.Module
     if kind == "fourier":
         return FourierEmbedding(dim, 16.0 if scale is None else scale)
     raise ValueError(f"unknown time embedding {kind!r}; valid: sinusoidal, fourier")
+
+
+def time_mlp(kind: str, dim: int, emb_dim: int, scale: float | None = None) -> nn.Sequential:
+    """The networks' time embedding: ``time_embedding(kind, dim)`` -> Linear -> SiLU -> Linear
+    (Ho et al. 2020, App. B), ``dim`` -> ``emb_dim``."""
+    return nn.Sequential(
+        time_embedding(kind, dim, scale), nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+    )

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from difflab.nn.embeddings import time_embedding
+from difflab.nn.embeddings import time_mlp
 
 
 class _Block(nn.Module):
@@ -63,12 +63,7 @@ class MLP(nn.Module):
             dropout=dropout,
         )
         emb_dim = width
-        self.temb = nn.Sequential(
-            _embedding(time_embedding, width, time_scale),
-            nn.Linear(width, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.temb = time_mlp(time_embedding, width, emb_dim, time_scale)
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(_Block(width, emb_dim, dropout) for _ in range(depth))
@@ -86,7 +81,3 @@ class MLP(nn.Module):
         for b in self.blocks:
             h = b(h, emb)
         return self.out(h)
-
-
-def _embedding(kind: str, dim: int, scale: float | None) -> nn.Module:
-    return time_embedding(kind, dim, scale)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.nn.embeddings import time_embedding
+from difflab.nn.embeddings import time_mlp
 from difflab.nn.unet import AttentionBlock, Downsample, ResBlock, _norm
 
 __all__ = ["AttentionPool", "NoisyClassifier"]
@@ -94,12 +94,7 @@ class NoisyClassifier(nn.Module):
         )
         self.num_classes = num_classes
         emb_dim = 4 * channels
-        self.temb = nn.Sequential(
-            time_embedding(time_embedding_kind, channels, time_scale),
-            nn.Linear(channels, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.temb = time_mlp(time_embedding_kind, channels, emb_dim, time_scale)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         ch, res = channels, image_size

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.nn.embeddings import time_embedding
+from difflab.nn.embeddings import time_mlp
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -197,12 +197,7 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels * (2 if learned_variance else 1)
         emb_dim = 4 * channels
-        self.temb = nn.Sequential(
-            time_embedding_module(time_embedding, channels, time_scale),
-            nn.Linear(channels, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.temb = time_mlp(time_embedding, channels, emb_dim, time_scale)
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
 
@@ -275,7 +270,3 @@ class UNet(nn.Module):
         for blk in self.up:
             h = self._run(blk, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
-
-
-def time_embedding_module(kind: str, dim: int, scale: float | None) -> nn.Module:
-    return time_embedding(kind, dim, scale)
