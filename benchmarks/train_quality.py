@@ -12,9 +12,13 @@ warm-up, gradient clipping and EMA.  Afterwards, on the EMA weights:
 
 Each model trains in its own process (the two can run at once, one thread each):
 
-    .venv/bin/python benchmarks/train_quality.py train --model diffusers --steps 600 &
-    .venv/bin/python benchmarks/train_quality.py train --model difflab --steps 600 &
+    .venv/bin/python benchmarks/train_quality.py train --model diffusers --steps 1920 &
+    .venv/bin/python benchmarks/train_quality.py train --model difflab --steps 1920 &
     wait; .venv/bin/python benchmarks/train_quality.py report
+
+Training resumes from its last checkpoint, so ``--steps`` can be raised later and the run continued;
+``report --step N`` evaluates the EMA weights saved after N steps (every ``--save-every``), and
+``report --models difflab`` evaluates one model alone (cached) while the other still trains.
 
 ``report`` writes BENCHMARKS.md section ``train_quality`` and a sample grid per model.
 """
@@ -40,6 +44,13 @@ from difflab.denoiser import Denoiser
 from difflab.images import save_grid
 from difflab.losses import DiffusionLoss, denoising_loss
 from difflab.nn import count_parameters
+from difflab.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
 from difflab.train.trainer import EMA
 from report import stamp, write_section
 from train_throughput import make
@@ -56,7 +67,24 @@ def denoiser(net: torch.nn.Module) -> Denoiser:
     return Denoiser(net, schedule(), prediction="eps")
 
 
+HPARAMS = ("batch", "lr", "warmup", "ema_decay", "seed")
+
+
+def ckpt_dir(kind: str) -> Path:
+    return OUT / f"ckpt_{kind}"
+
+
+def ema_path(kind: str, step: int) -> Path:
+    return OUT / f"{kind}_ema_step{step:06d}.safetensors"
+
+
 def train(args: argparse.Namespace) -> None:
+    """Train ``args.model`` up to ``args.steps``, resuming exactly from its last checkpoint.
+
+    Every ``--save-every`` steps a full checkpoint (weights, AdamW moments, EMA, generator state,
+    loss log) replaces the previous one and the EMA weights are kept as ``{model}_ema_step*.safetensors``
+    for ``report --step``.  So a long run can be spread over several sessions.
+    """
     torch.set_num_threads(args.threads)
     data, _ = fashion_mnist(split="train", pad_to=32)
     model, opt = make(args.model, channels_last=True)
@@ -66,10 +94,23 @@ def train(args: argparse.Namespace) -> None:
     loss_fn = DiffusionLoss(schedule())
     den = denoiser(model)
     gen = torch.Generator().manual_seed(args.seed)
-    it = batches(data, None, args.batch, seed=args.seed)
-    log = []
-    t0 = time.perf_counter()
-    for step in tqdm(range(args.steps), desc=args.model):
+    start, log, seconds, seconds_at = 0, [], 0.0, {}
+    OUT.mkdir(parents=True, exist_ok=True)
+    if latest_checkpoint(ckpt_dir(args.model)) is not None:
+        state, t = load_checkpoint(ckpt_dir(args.model))
+        bad = {k: (state["hparams"][k], getattr(args, k)) for k in HPARAMS if state["hparams"][k] != getattr(args, k)}
+        if bad:
+            sys.exit(f"{ckpt_dir(args.model)} was trained with other settings (saved, given): {bad}")
+        model.load_state_dict(t["model"])
+        ema.net.load_state_dict(t["ema"])
+        opt.load_state_dict(optimizer_from_tensors(t["optimizer"], state["param_groups"]))
+        gen.set_state(t["rng"]["generator"])
+        start, log, ema.updates, seconds_at = state["step"], state["loss"], state["ema_updates"], state["seconds_at"]
+        seconds = seconds_at[str(start)]
+        print(f"resuming {args.model} at step {start}", flush=True)
+    it = batches(data, None, args.batch, seed=args.seed, start_step=start)
+    t0 = time.perf_counter() - seconds
+    for step in tqdm(range(start, args.steps), desc=args.model, initial=start, total=args.steps):
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
         x, _ = next(it)
@@ -82,16 +123,44 @@ def train(args: argparse.Namespace) -> None:
         opt.step()
         ema.update(model)
         log.append(float(loss.detach()))
-    OUT.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in ema.net.state_dict().items()}, OUT / f"{args.model}_ema.safetensors")
-    meta = vars(args) | {"seconds": time.perf_counter() - t0, "params": count_parameters(model), "loss": log}
-    (OUT / f"{args.model}.json").write_text(json.dumps(meta))
+        done = step + 1
+        if done % args.save_every == 0 or done == args.steps:
+            seconds_at[str(done)] = time.perf_counter() - t0
+            save_file({k: v.contiguous() for k, v in ema.net.state_dict().items()}, ema_path(args.model, done))
+            opt_t, groups = optimizer_to_tensors(opt)
+            tensors = {
+                "model": model.state_dict(),
+                "ema": ema.net.state_dict(),
+                "optimizer": opt_t,
+                "rng": {"generator": gen.get_state()},
+            }
+            meta = {
+                "hparams": {k: getattr(args, k) for k in HPARAMS},
+                "param_groups": groups,
+                "loss": log,
+                "seconds_at": seconds_at,
+                "ema_updates": ema.updates,
+                "params": count_parameters(model),
+            }
+            save_checkpoint(ckpt_dir(args.model), done, tensors, meta, keep=1)
 
 
-def load(kind: str) -> tuple[torch.nn.Module, dict]:
+def load(kind: str, step: int) -> tuple[torch.nn.Module, dict]:
+    """The EMA network of ``kind`` after ``step`` steps and its training record up to there."""
     model, _ = make(kind, channels_last=False)
-    model.load_state_dict(load_file(OUT / f"{kind}_ema.safetensors"))
-    return model.eval().requires_grad_(False), json.loads((OUT / f"{kind}.json").read_text())
+    model.load_state_dict(load_file(ema_path(kind, step)))
+    state, _ = load_checkpoint(ckpt_dir(kind), parts=())
+    meta = state["hparams"] | {
+        "params": state["params"],
+        "steps": step,
+        "loss": state["loss"][:step],
+        "seconds": state["seconds_at"][str(step)],
+    }
+    return model.eval().requires_grad_(False), meta
+
+
+def saved_steps(kind: str) -> set[int]:
+    return {int(p.stem.split("_step")[1]) for p in OUT.glob(f"{kind}_ema_step*.safetensors")}
 
 
 @torch.no_grad()
@@ -115,10 +184,11 @@ def report(args: argparse.Namespace) -> None:
     xT = torch.randn(args.samples, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed))
     ts = timesteps.get("log_snr_uniform", schedule(), 20)
     res, losses = {}, {}
-    for kind in MODELS:
-        model, meta = load(kind)
+    for kind in args.models:
+        model, meta = load(kind, args.step)
         den = denoiser(model)
-        cache = OUT / f"{kind}_eval_{args.heldout}_{args.samples}_{args.seed}.pt"  # survives an interrupted report
+        # cached, so an interrupted report resumes and one model can be evaluated while the other trains
+        cache = OUT / f"{kind}_eval_step{args.step:06d}_{args.heldout}_{args.samples}_{args.seed}.pt"
         if cache.exists():
             losses[kind], samples = torch.load(cache).values()
         else:
@@ -130,7 +200,7 @@ def report(args: argparse.Namespace) -> None:
                 ]
             ).clamp(-1, 1)
             torch.save({"losses": losses[kind], "samples": samples}, cache)
-        save_grid(samples[:64], OUT / f"{kind}_samples.png")
+        save_grid(samples[:64], OUT / f"{kind}_samples_step{args.step:06d}.png")
         m = metrics.evaluate(
             samples,
             metrics="fid,kid,pr",
@@ -152,6 +222,8 @@ def report(args: argparse.Namespace) -> None:
             heldout=float(losses[kind].mean()),
         )
         print(kind, res[kind], flush=True)
+    if set(args.models) != set(MODELS):
+        return
     diff = losses["difflab"] - losses["diffusers"]
     se = float(diff.std() / math.sqrt(diff.numel()))
     n = x0.shape[0]
@@ -200,7 +272,7 @@ def report(args: argparse.Namespace) -> None:
         if a["steps"] < 5000
         else "",
         "",
-        f"Sample grids: `{OUT}/diffusers_samples.png`, `{OUT}/difflab_samples.png` (not committed: runs/ is ignored).",
+        f"Sample grids: `{OUT}/{{diffusers,difflab}}_samples_step{args.step:06d}.png` (not committed: runs/ is ignored).",
     ]
     text = "\n".join(md)
     print(text)
@@ -215,10 +287,11 @@ def main() -> None:
     tr = sub.add_parser("train")
     tr.add_argument("--model", choices=MODELS, required=True)
     tr.add_argument("--steps", type=int, default=600)
-    tr.add_argument("--batch", type=int, default=64)
+    tr.add_argument("--batch", type=int, default=32)
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--warmup", type=int, default=100)
-    tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--ema-decay", type=float, default=0.995)
+    tr.add_argument("--save-every", type=int, default=320)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=1)
     rp = sub.add_parser("report")
@@ -226,13 +299,22 @@ def main() -> None:
     rp.add_argument("--samples", type=int, default=1000)
     rp.add_argument("--seed", type=int, default=1)
     rp.add_argument("--threads", type=int, default=2)
+    rp.add_argument("--step", type=int, default=None, help="evaluate after this many steps (default: latest common)")
+    rp.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="evaluate only these (no report)")
     rp.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.cmd == "train":
         train(args)
-    else:
-        args.batch_used = json.loads((OUT / "difflab.json").read_text())["batch"]
-        report(args)
+        return
+    common = set.intersection(*(saved_steps(k) for k in args.models))
+    if args.step is None:
+        if not common:
+            sys.exit(f"no step saved for all of {args.models} in {OUT}; run `train` first")
+        args.step = max(common)
+    elif args.step not in common:
+        sys.exit(f"--step {args.step}: not saved for all of {args.models}; saved: {sorted(common)}")
+    args.batch_used = load_checkpoint(ckpt_dir(args.models[0]), parts=())[0]["hparams"]["batch"]
+    report(args)
 
 
 if __name__ == "__main__":
