@@ -176,107 +176,127 @@ def heldout_losses(den: Denoiser, x0: torch.Tensor, seed: int, batch: int = 250)
     )
 
 
+def cache_path(kind: str, step: int, args: argparse.Namespace) -> Path:
+    return OUT / f"{kind}_eval_step{step:06d}_{args.heldout}_{args.samples}_{args.seed}.pt"
+
+
+def evaluate(kind: str, step: int, args: argparse.Namespace, x0: torch.Tensor, real_feats: torch.Tensor):
+    """Held-out losses, sample metrics and training record of ``kind``'s EMA weights after ``step`` steps.
+
+    Losses and samples are cached, so an interrupted report resumes and one model can be evaluated
+    while the other still trains."""
+    model, meta = load(kind, step)
+    den = denoiser(model)
+    cache = cache_path(kind, step, args)
+    if cache.exists():
+        losses, samples = torch.load(cache).values()
+    else:
+        losses = heldout_losses(den, x0, args.seed)
+        xT = torch.randn(args.samples, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed))
+        ts = timesteps.get("log_snr_uniform", schedule(), 20)
+        samples = torch.cat(
+            [
+                difflab.sample("dpmpp_2m", den, schedule(), xT[s : s + 250], ts)
+                for s in tqdm(range(0, args.samples, 250), desc=f"sampling {kind} at step {step}")
+            ]
+        ).clamp(-1, 1)
+        torch.save({"losses": losses, "samples": samples}, cache)
+    save_grid(samples[:64], OUT / f"{kind}_samples_step{step:06d}.png")
+    m = metrics.evaluate(
+        samples,
+        metrics="fid,kid,pr",
+        feature_net="fashion_mnist",
+        real_features=real_feats,
+        adapt="center_crop",
+        kid_subset_size=min(1000, args.samples),
+    )
+    tail = meta["loss"][-100:]
+    row = dict(
+        m,
+        params=meta["params"],
+        steps=step,
+        lr=meta["lr"],
+        warmup=meta["warmup"],
+        ema_decay=meta["ema_decay"],
+        train_seconds=meta["seconds"],
+        train_loss_last100=sum(tail) / len(tail),
+        heldout=float(losses.mean()),
+    )
+    print(kind, step, row, flush=True)
+    return row, losses
+
+
 def report(args: argparse.Namespace) -> None:
+    """Evaluate both models at ``args.step`` and write a table over every step evaluated so far."""
     torch.set_num_threads(args.threads)
     test, _ = fashion_mnist(split="test", pad_to=32)
     x0 = test[: args.heldout]
     real_feats = metrics.feature_net("fashion_mnist", adapt="center_crop").features(test)
-    xT = torch.randn(args.samples, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed))
-    ts = timesteps.get("log_snr_uniform", schedule(), 20)
-    res, losses = {}, {}
     for kind in args.models:
-        model, meta = load(kind, args.step)
-        den = denoiser(model)
-        # cached, so an interrupted report resumes and one model can be evaluated while the other trains
-        cache = OUT / f"{kind}_eval_step{args.step:06d}_{args.heldout}_{args.samples}_{args.seed}.pt"
-        if cache.exists():
-            losses[kind], samples = torch.load(cache).values()
-        else:
-            losses[kind] = heldout_losses(den, x0, args.seed)
-            samples = torch.cat(
-                [
-                    difflab.sample("dpmpp_2m", den, schedule(), xT[s : s + 250], ts)
-                    for s in tqdm(range(0, args.samples, 250), desc=f"sampling {kind}")
-                ]
-            ).clamp(-1, 1)
-            torch.save({"losses": losses[kind], "samples": samples}, cache)
-        save_grid(samples[:64], OUT / f"{kind}_samples_step{args.step:06d}.png")
-        m = metrics.evaluate(
-            samples,
-            metrics="fid,kid,pr",
-            feature_net="fashion_mnist",
-            real_features=real_feats,
-            adapt="center_crop",
-            kid_subset_size=min(1000, args.samples),
-        )
-        tail = meta["loss"][-100:]
-        res[kind] = dict(
-            m,
-            params=meta["params"],
-            steps=meta["steps"],
-            lr=meta["lr"],
-            warmup=meta["warmup"],
-            ema_decay=meta["ema_decay"],
-            train_seconds=meta["seconds"],
-            train_loss_last100=sum(tail) / len(tail),
-            heldout=float(losses[kind].mean()),
-        )
-        print(kind, res[kind], flush=True)
+        evaluate(kind, args.step, args, x0, real_feats)
     if set(args.models) != set(MODELS):
         return
-    diff = losses["difflab"] - losses["diffusers"]
-    se = float(diff.std() / math.sqrt(diff.numel()))
+    steps = sorted(s for s in saved_steps("difflab") if all(cache_path(k, s, args).exists() for k in MODELS))
+    res = {s: {k: evaluate(k, s, args, x0, real_feats) for k in MODELS} for s in steps}
     n = x0.shape[0]
     bins = [(0, 100), (100, 300), (300, 1000)]
-    a = res["diffusers"]
+    a = res[args.step]["diffusers"][0]
     cmd = "python benchmarks/train_quality.py " + " ".join(sys.argv[1:])
     md = [
         "## Training: sample quality of the faster layout (side by side with diffusers)",
         "",
         stamp(cmd.strip()),
-        f"Trained with `python benchmarks/train_quality.py train --model {{diffusers,difflab}} --steps {a['steps']} "
+        f"Trained with `python benchmarks/train_quality.py train --model {{diffusers,difflab}} --steps {args.step} "
         f"--batch {args.batch_used} --lr {a['lr']:g} --warmup {a['warmup']} --ema-decay {a['ema_decay']:g}` "
-        "(the two at once, one thread each).",
+        "(the two at once, one thread each; EMA weights saved every 320 steps).",
         "",
-        f"Both U-Nets of the throughput benchmark trained on Fashion-MNIST (padded to 32x32) for {a['steps']} steps "
-        f"of batch {args.batch_used} with identical batches, times and noise (L_simple, eps, DDPM linear betas, "
-        "AdamW, warm-up, clipping 1.0, EMA), one CPU thread each.  Measured on the EMA weights: held-out L_simple "
-        f"on {n} test images (stratified t, fixed noise, the same triples for both), and FID/KID/precision/recall "
-        f"(shipped Fashion-MNIST classifier) of {args.samples} samples from the same x_T with dpmpp_2m, "
-        "20 steps, against the 10 000 test images.",
+        f"Both U-Nets of the throughput benchmark trained on Fashion-MNIST (padded to 32x32) with batch "
+        f"{args.batch_used}, identical batches, times and noise (L_simple, eps, DDPM linear betas, AdamW, warm-up, "
+        "clipping 1.0, EMA), one CPU thread each.  Measured on the EMA weights after each listed number of steps: "
+        f"held-out L_simple on {n} test images (stratified t, fixed noise, the same triples for both), and "
+        f"FID/KID/precision/recall (shipped Fashion-MNIST classifier) of {args.samples} samples from the same "
+        "x_T with dpmpp_2m, 20 steps, against the 10 000 test images.",
         "",
-        "| model | parameters | train s/step (1 thread) | final train loss | held-out L_simple | FID | KID | precision | recall |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| steps | model | parameters | train s/step (1 thread) | train loss (last 100) | held-out L_simple "
+        "| FID | KID | precision | recall |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for kind in MODELS:
-        r = res[kind]
+    for s in steps:
+        for kind in MODELS:
+            r = res[s][kind][0]
+            md.append(
+                f"| {s} | {kind} | {r['params'] / 1e6:.2f}M | {r['train_seconds'] / r['steps']:.2f} | "
+                f"{r['train_loss_last100']:.4f} | {r['heldout']:.4f} | {r['fid']:.2f} | {r['kid']:.4f} | "
+                f"{r['precision']:.3f} | {r['recall']:.3f} |"
+            )
+    md += [
+        "",
+        "Held-out loss, difflab - diffusers, paired over the same (x0, t, noise) (negative = difflab better):",
+        "",
+        "| steps | mean difference +- standard error | "
+        + " | ".join(f"t in ({lo}, {hi}]: diffusers / difflab" for lo, hi in bins)
+        + " |",
+        "| ---: | ---: | " + " | ".join("---:" for _ in bins) + " |",
+    ]
+    for s in steps:
+        ld, lf = res[s]["difflab"][1], res[s]["diffusers"][1]
+        diff = ld - lf
+        cells = []
+        for lo, hi in bins:
+            sel = slice(lo * n // 1000, hi * n // 1000)
+            cells.append(f"{float(lf[sel].mean()):.4f} / {float(ld[sel].mean()):.4f}")
         md.append(
-            f"| {kind} | {r['params'] / 1e6:.2f}M | {r['train_seconds'] / r['steps']:.2f} | "
-            f"{r['train_loss_last100']:.4f} | {r['heldout']:.4f} | {r['fid']:.2f} | {r['kid']:.4f} | "
-            f"{r['precision']:.3f} | {r['recall']:.3f} |"
-        )
-    per_bin = []
-    for lo, hi in bins:
-        sel = slice(lo * n // 1000, hi * n // 1000)
-        per_bin.append(
-            f"t in ({lo}, {hi}]: diffusers {float(losses['diffusers'][sel].mean()):.4f}, "
-            f"difflab {float(losses['difflab'][sel].mean()):.4f}"
+            f"| {s} | {float(diff.mean()):+.5f} +- {float(diff.std() / math.sqrt(diff.numel())):.5f} | "
+            + " | ".join(cells)
+            + " |"
         )
     md += [
         "",
-        f"Held-out loss difference difflab - diffusers: **{float(diff.mean()):+.5f} +- {se:.5f}** (paired standard "
-        f"error; negative = difflab better).  By time step: {'; '.join(per_bin)}.",
-        "",
-        "Both models are early in training at this budget (most samples are not yet garments): read this as "
-        "how fast the two learn, not as their converged quality."
-        if a["steps"] < 5000
-        else "",
-        "",
-        f"Sample grids: `{OUT}/{{diffusers,difflab}}_samples_step{args.step:06d}.png` (not committed: runs/ is ignored).",
+        f"Sample grids: `{OUT}/{{diffusers,difflab}}_samples_step*.png` (not committed: runs/ is ignored).",
     ]
     text = "\n".join(md)
     print(text)
-    (OUT / "report.json").write_text(json.dumps(res, indent=1))
+    (OUT / "report.json").write_text(json.dumps({s: {k: v[0] for k, v in r.items()} for s, r in res.items()}, indent=1))
     if not args.no_write:
         write_section("train_quality", text)
 
