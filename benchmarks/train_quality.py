@@ -8,9 +8,13 @@ warm-up, gradient clipping and EMA.  Afterwards, on the EMA weights:
 - the held-out denoising loss: L_simple on test images at stratified times with fixed noise,
   the same (x0, t, noise) triples for both models, so the paired difference has a small error bar;
 - FID / KID / precision / recall (shipped Fashion-MNIST classifier's features) of samples drawn
-  from the same x_T with ``dpmpp_2m`` (20 steps), against the test set.
+  from the same x_T with ``dpmpp_2m`` (20 steps), against the test set, and the fraction of
+  speckled samples (pixel noise left in);
+- the gain slope of the noise prediction at t = T (``gain_slope``): how much the net's eps_hat
+  fails to scale with the amplitude of x_T, which is what decides whether a sample ends speckled.
 
-Each model trains in its own process (the two can run at once, one thread each):
+``difflab_no_input_skip`` is difflab's U-Net without ``input_skip``: the ablation that found the
+cause.  Each model trains in its own process (two can run at once, one thread each):
 
     .venv/bin/python benchmarks/train_quality.py train --model diffusers --steps 1280 &
     .venv/bin/python benchmarks/train_quality.py train --model difflab --steps 1280 &
@@ -56,7 +60,8 @@ from report import stamp, write_section
 from train_throughput import make
 
 OUT = Path("runs/bench_train_quality")
-MODELS = ("diffusers", "difflab")
+#: difflab_no_input_skip: the same U-Net without ``input_skip`` (the ablation)
+MODELS = ("diffusers", "difflab", "difflab_no_input_skip")
 
 
 def schedule() -> schedules.Schedule:
@@ -114,7 +119,7 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
         x, _ = next(it)
-        if args.model == "difflab":
+        if args.model.startswith("difflab"):
             x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(den, x, gen)
         opt.zero_grad(set_to_none=True)
@@ -184,6 +189,22 @@ def speckled(x: torch.Tensor, threshold: float = 0.3) -> float:
     return float(((c - nb).abs().flatten(1).mean(1) > threshold).float().mean())
 
 
+@torch.no_grad()
+def gain_slope(den: Denoiser, xT: torch.Tensor) -> float:
+    """d gain / d std(x_T) of the noise prediction at t = T, gain = <eps_hat, x_T> / <x_T, x_T>.
+
+    At t = T (alpha_T = 0.006) x_T is pure noise to within 4e-5 of its variance, so the exact
+    eps_hat is x_T and the slope is 0; a net that normalises each sample's amplitude away (GroupNorm)
+    has slope -1, and leaves the excess noise of an x_T with above-average norm in the sample."""
+    t = torch.ones(xT.shape[0], dtype=torch.float64)
+    sch = den.schedule
+    a, s = (v.float()[:, None, None, None] for v in (sch.alpha(t), sch.sigma(t)))
+    eps = (xT - a * den(xT, t)) / s
+    gain = (eps * xT).flatten(1).sum(1) / xT.flatten(1).square().sum(1)
+    sd = xT.flatten(1).std(1)
+    return float(((gain - gain.mean()) * (sd - sd.mean())).sum() / (sd - sd.mean()).square().sum())
+
+
 def cache_path(kind: str, step: int, args: argparse.Namespace) -> Path:
     return OUT / f"{kind}_eval_step{step:06d}_{args.heldout}_{args.samples}_{args.seed}.pt"
 
@@ -230,13 +251,14 @@ def evaluate(kind: str, step: int, args: argparse.Namespace, x0: torch.Tensor, r
         train_loss_last100=sum(tail) / len(tail),
         heldout=float(losses.mean()),
         speckled=speckled(samples),
+        gain_slope=gain_slope(den, torch.randn(400, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed))),
     )
     print(kind, step, row, flush=True)
     return row, losses
 
 
 def report(args: argparse.Namespace) -> None:
-    """Evaluate both models at ``args.step`` and write a table over every step evaluated so far."""
+    """Evaluate every model at ``args.step`` and write a table over every step evaluated so far."""
     torch.set_num_threads(args.threads)
     test, _ = fashion_mnist(split="test", pad_to=32)
     x0 = test[: args.heldout]
@@ -245,9 +267,10 @@ def report(args: argparse.Namespace) -> None:
         for kind in args.models:
             evaluate(kind, args.step, args, x0, real_feats)
         return
-    cached = {s for s in saved_steps("difflab") if all(cache_path(k, s, args).exists() for k in MODELS)}
-    steps = sorted(cached | {args.step})
-    res = {s: {k: evaluate(k, s, args, x0, real_feats) for k in MODELS} for s in steps}
+    cached = {(s, k) for k in MODELS for s in saved_steps(k) if cache_path(k, s, args).exists()}
+    todo = cached | {(args.step, k) for k in MODELS}
+    steps = sorted({s for s, _ in todo})
+    res = {s: {k: evaluate(k, s, args, x0, real_feats) for k in MODELS if (s, k) in todo} for s in steps}
     n = x0.shape[0]
     bins = [(0, 100), (100, 300), (300, 1000)]
     a = res[args.step]["diffusers"][0]
@@ -256,56 +279,64 @@ def report(args: argparse.Namespace) -> None:
         "## Training: sample quality of the faster layout (side by side with diffusers)",
         "",
         stamp(cmd.strip()),
-        f"Trained with `python benchmarks/train_quality.py train --model {{diffusers,difflab}} --steps {args.step} "
+        f"Trained with `python benchmarks/train_quality.py train --model MODEL --steps {args.step} "
         f"--batch {args.batch_used} --lr {a['lr']:g} --warmup {a['warmup']} --ema-decay {a['ema_decay']:g}` "
-        "(the two at once, one thread each; EMA weights saved every 320 steps).",
+        "(EMA weights saved every 320 steps).",
         "",
-        f"Both U-Nets of the throughput benchmark trained on Fashion-MNIST (padded to 32x32) with batch "
+        f"The U-Nets of the throughput benchmark trained on Fashion-MNIST (padded to 32x32) with batch "
         f"{args.batch_used}, identical batches, times and noise (L_simple, eps, DDPM linear betas, AdamW, warm-up, "
-        "clipping 1.0, EMA), one CPU thread each.  Measured on the EMA weights after each listed number of steps: "
-        f"held-out L_simple on {n} test images (stratified t, fixed noise, the same triples for both), and "
+        "clipping 1.0, EMA).  `difflab_no_input_skip` is difflab's U-Net without `input_skip` (the ablation).  "
+        "Measured on the EMA weights after each listed number of steps: "
+        f"held-out L_simple on {n} test images (stratified t, fixed noise, the same triples for all), and "
         f"FID/KID/precision/recall (shipped Fashion-MNIST classifier) of {args.samples} samples from the same "
-        "x_T with dpmpp_2m, 20 steps, against the 10 000 test images.",
+        "x_T with dpmpp_2m, 20 steps, against the 10 000 test images.  The gain slope is d gain / d std(x_T) of "
+        "the noise prediction at t = T, gain = <eps_hat, x_T> / <x_T, x_T> (exact: 0; an output normalised "
+        "per sample: -1), over the first 400 x_T.",
         "",
-        "| steps | model | parameters | train s/step (1 thread) | train loss (last 100) | held-out L_simple "
-        "| FID | KID | precision | recall | speckled samples |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| steps | model | parameters | train s/step | train loss (last 100) | held-out L_simple "
+        "| FID | KID | precision | recall | speckled samples | gain slope at t = T |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in steps:
-        for kind in MODELS:
-            r = res[s][kind][0]
+        for kind, (r, _) in res[s].items():
             md.append(
                 f"| {s} | {kind} | {r['params'] / 1e6:.2f}M | {r['train_seconds'] / r['steps']:.2f} | "
                 f"{r['train_loss_last100']:.4f} | {r['heldout']:.4f} | {r['fid']:.2f} | {r['kid']:.4f} | "
-                f"{r['precision']:.3f} | {r['recall']:.3f} | {r['speckled']:.1%} |"
+                f"{r['precision']:.3f} | {r['recall']:.3f} | {r['speckled']:.1%} | {r['gain_slope']:+.2f} |"
             )
     md += [
+        "",
+        "Train s/step: one thread, two trainings at once on the two cores, except difflab's steps 320-1280 "
+        "(two threads, alone); the throughput section above is the controlled timing.",
         "",
         "Speckled samples: mean absolute discrete Laplacian above 0.3 (pixel noise the sampler left in; "
         "3 of the 10 000 test images, whose mean is 0.10).",
         "",
-        "Held-out loss, difflab - diffusers, paired over the same (x0, t, noise) (negative = difflab better):",
+        "Held-out loss, model - diffusers, paired over the same (x0, t, noise) (negative = model better):",
         "",
-        "| steps | mean difference +- standard error | "
-        + " | ".join(f"t in ({lo}, {hi}]: diffusers / difflab" for lo, hi in bins)
+        "| steps | model | mean difference +- standard error | "
+        + " | ".join(f"t in ({lo}, {hi}]: diffusers / model" for lo, hi in bins)
         + " |",
-        "| ---: | ---: | " + " | ".join("---:" for _ in bins) + " |",
+        "| ---: | --- | ---: | " + " | ".join("---:" for _ in bins) + " |",
     ]
     for s in steps:
-        ld, lf = res[s]["difflab"][1], res[s]["diffusers"][1]
-        diff = ld - lf
-        cells = []
-        for lo, hi in bins:
-            sel = slice(lo * n // 1000, hi * n // 1000)
-            cells.append(f"{float(lf[sel].mean()):.4f} / {float(ld[sel].mean()):.4f}")
-        md.append(
-            f"| {s} | {float(diff.mean()):+.5f} +- {float(diff.std() / math.sqrt(diff.numel())):.5f} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        for kind in MODELS[1:]:
+            if kind not in res[s] or "diffusers" not in res[s]:
+                continue
+            ld, lf = res[s][kind][1], res[s]["diffusers"][1]
+            diff = ld - lf
+            cells = []
+            for lo, hi in bins:
+                sel = slice(lo * n // 1000, hi * n // 1000)
+                cells.append(f"{float(lf[sel].mean()):.4f} / {float(ld[sel].mean()):.4f}")
+            md.append(
+                f"| {s} | {kind} | {float(diff.mean()):+.5f} +- {float(diff.std() / math.sqrt(diff.numel())):.5f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     md += [
         "",
-        f"Sample grids: `{OUT}/{{diffusers,difflab}}_samples_step*.png` (not committed: runs/ is ignored).",
+        f"Sample grids: `{OUT}/MODEL_samples_step*.png` (not committed: runs/ is ignored).",
     ]
     text = "\n".join(md)
     print(text)

@@ -56,7 +56,10 @@ DIFFLAB_ARGS = dict(
     attention_resolutions=(16,),
     image_size=RES,
     head_channels=32,
+    input_skip=True,
 )
+#: the same without the learned input skip (the ablation in train_quality.py)
+NO_INPUT_SKIP_ARGS = {k: v for k, v in DIFFLAB_ARGS.items() if k != "input_skip"}
 
 
 #: difflab with diffusers' layout (same widths and blocks per level), default memory format: isolates
@@ -90,8 +93,9 @@ def make(kind: str, channels_last: bool = True) -> tuple[torch.nn.Module, torch.
     if kind == "diffusers":
         net = diffusers_unet()
     else:
-        net = UNet(**(SAME_LAYOUT_ARGS if kind == "difflab_same_layout" else DIFFLAB_ARGS))
-    if kind == "difflab" and channels_last:
+        args = {"difflab_same_layout": SAME_LAYOUT_ARGS, "difflab_no_input_skip": NO_INPUT_SKIP_ARGS}
+        net = UNet(**args.get(kind, DIFFLAB_ARGS))
+    if kind in ("difflab", "difflab_no_input_skip") and channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = _Wrap(net, kind)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)

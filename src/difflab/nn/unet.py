@@ -141,6 +141,11 @@ class UNet(nn.Module):
         context_dim: adds cross-attention to ``context`` (B, L, context_dim) in attention blocks.
         learned_variance: doubles the output channels (mean prediction, then variance interpolation).
         groups: GroupNorm groups (fewer when a width is not divisible).
+        input_skip: add ``c_skip(t) * x`` to the output, ``c_skip`` a zero-initialised linear function
+            of the time embedding: a learned analogue of EDM's skip connection (Karras et al. 2022,
+            eq. 7).  At high noise an eps-prediction net must return eps_hat = x_t with gain exactly 1
+            whatever the amplitude of x_t, which GroupNorm (it divides each sample's amplitude out)
+            makes hard to learn; ``benchmarks/train_quality.py`` measures the effect on samples.
 
     Where the FLOPs go: a 3x3 convolution costs ``H * W * C_in * C_out``, so a block at 32x32
     costs 16 times one of the same width at 8x8.  For fast training on a CPU put the blocks
@@ -166,6 +171,7 @@ class UNet(nn.Module):
         context_dim: int | None = None,
         learned_variance: bool = False,
         groups: int = 32,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channel_mults)
@@ -193,6 +199,7 @@ class UNet(nn.Module):
             context_dim=context_dim,
             learned_variance=learned_variance,
             groups=groups,
+            input_skip=input_skip,
         )
         self.in_channels = in_channels
         self.out_channels = in_channels * (2 if learned_variance else 1)
@@ -233,6 +240,7 @@ class UNet(nn.Module):
                     blk.append(Upsample(ch))
                 self.up.append(blk)
         self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
+        self.c_skip = _zero(nn.Linear(emb_dim, in_channels)) if input_skip else None
 
     def _run(self, blk: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
         for m in blk:
@@ -269,4 +277,8 @@ class UNet(nn.Module):
         h = self._run(self.mid, h, emb, context, context_mask)
         for blk in self.up:
             h = self._run(blk, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+        out = self.out(h)
+        if self.c_skip is not None:  # on the prediction channels (not the learned-variance ones)
+            skip = self.c_skip(emb)[:, :, None, None] * x
+            out = torch.cat([out[:, : self.in_channels] + skip, out[:, self.in_channels :]], dim=1)
+        return out
