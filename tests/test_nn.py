@@ -101,3 +101,21 @@ def test_unet_input_skip_makes_the_noise_gain_exact():
     plain, skip = _gain_error(False), _gain_error(True)
     assert skip < 0.2 * plain, (skip, plain)
     assert skip < 0.005, skip
+
+
+def test_unet_input_skip_acts_on_the_prediction_channels_only():
+    """With learned variances the skip adds c_skip(t) * x to the mean channels and leaves the
+    variance-interpolation channels alone; zero-initialised, it changes nothing at first."""
+    torch.manual_seed(0)
+    u = dnn.UNet(2, 16, (1, 2), 1, image_size=8, groups=8, learned_variance=True, input_skip=True)
+    x, t = torch.randn(3, 2, 8, 8), torch.tensor([10.0, 500.0, 999.0])
+    with torch.no_grad():
+        base = u(x, t)
+        assert base.abs().max() == 0  # both the head and the skip start at zero
+        u.c_skip.bias.fill_(0.5)
+        u.out[-1].bias.fill_(0.25)
+        out = u(x, t)
+    torch.testing.assert_close(out[:, :2], 0.25 + 0.5 * x)
+    torch.testing.assert_close(out[:, 2:], torch.full_like(x, 0.25))
+    rebuilt = dnn.build("unet", **u.config)
+    assert rebuilt.c_skip is not None and rebuilt.config == u.config
