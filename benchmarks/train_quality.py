@@ -14,11 +14,12 @@ warm-up, gradient clipping and EMA.  Afterwards, on the EMA weights:
   fails to scale with the amplitude of x_T, which is what decides whether a sample ends speckled.
 
 ``difflab_no_input_skip`` is difflab's U-Net without ``input_skip``: the ablation that found the
-cause.  Each model trains in its own process (two can run at once, one thread each):
+cause.  Each model trains in its own process (two can run at once on two cores, one thread each):
 
     .venv/bin/python benchmarks/train_quality.py train --model diffusers --steps 1280 &
     .venv/bin/python benchmarks/train_quality.py train --model difflab --steps 1280 &
-    wait; .venv/bin/python benchmarks/train_quality.py report
+    wait; .venv/bin/python benchmarks/train_quality.py train --model difflab_no_input_skip --steps 1280
+    .venv/bin/python benchmarks/train_quality.py report
 
 Training resumes from its last checkpoint, so ``--steps`` can be raised later and the run continued;
 ``report --step N`` evaluates the EMA weights saved after N steps (every ``--save-every``), and
@@ -57,7 +58,7 @@ from difflab.train.checkpoint import (
 )
 from difflab.train.trainer import EMA
 from report import stamp, write_section
-from train_throughput import make
+from train_throughput import DIFFLAB_KINDS, make
 
 OUT = Path("runs/bench_train_quality")
 #: difflab_no_input_skip: the same U-Net without ``input_skip`` (the ablation)
@@ -119,7 +120,7 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
         x, _ = next(it)
-        if args.model.startswith("difflab"):
+        if DIFFLAB_KINDS.get(args.model, ({}, False))[1]:  # the net is channels-last: so is its input
             x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(den, x, gen)
         opt.zero_grad(set_to_none=True)

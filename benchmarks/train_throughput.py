@@ -73,7 +73,14 @@ SAME_LAYOUT_ARGS = dict(
     image_size=RES,
     head_channels=32,
 )
-#: difflab_default_format: difflab's layout without channels-last (isolates the memory format).
+#: difflab kinds: (U-Net arguments, channels-last).  difflab_default_format is difflab's layout
+#: without channels-last (isolates the memory format).
+DIFFLAB_KINDS: dict[str, tuple[dict, bool]] = {
+    "difflab": (DIFFLAB_ARGS, True),
+    "difflab_default_format": (DIFFLAB_ARGS, False),
+    "difflab_same_layout": (SAME_LAYOUT_ARGS, False),
+    "difflab_no_input_skip": (NO_INPUT_SKIP_ARGS, True),
+}
 MODELS = ("diffusers", "difflab", "difflab_default_format", "difflab_same_layout")
 
 
@@ -92,11 +99,13 @@ def make(kind: str, channels_last: bool = True) -> tuple[torch.nn.Module, torch.
     torch.manual_seed(0)
     if kind == "diffusers":
         net = diffusers_unet()
+    elif kind in DIFFLAB_KINDS:
+        args, last = DIFFLAB_KINDS[kind]
+        net = UNet(**args)
+        if last and channels_last:
+            net = net.to(memory_format=torch.channels_last)
     else:
-        args = {"difflab_same_layout": SAME_LAYOUT_ARGS, "difflab_no_input_skip": NO_INPUT_SKIP_ARGS}
-        net = UNet(**args.get(kind, DIFFLAB_ARGS))
-    if kind in ("difflab", "difflab_no_input_skip") and channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        raise ValueError(f"unknown model kind {kind!r}; expected diffusers or one of {', '.join(DIFFLAB_KINDS)}")
     model = _Wrap(net, kind)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
