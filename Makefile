@@ -1,5 +1,6 @@
 # make demo  -- train the digits demo and write its pictures into demo/
 # make test  -- lint and run the test suite
+# make check-wheel -- build the wheel, install it into a fresh venv, run demo / sample / feature networks from it
 # Both create or update the virtual environment .venv; torch is pinned (override: make test TORCH=2.5.1).
 PYTHON ?= python3
 TORCH ?= 2.13.0
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-torch-$(TORCH)
 EXTRAS ?= dev,text,interop
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench clean check-wheel
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +31,13 @@ test: lint
 demo: venv
 	$(BIN)/difflab demo --out demo
 
+# build the wheel and run it from a fresh virtual environment without the checkout
+check-wheel: venv
+	PYTHON=$(PYTHON) TORCH=$(TORCH) scripts/check_wheel.sh $(BIN)/python
+
 bench: venv
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,bench]"
 	$(BIN)/python benchmarks/samplers.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .pytest_cache build dist

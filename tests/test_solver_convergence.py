@@ -1,5 +1,5 @@
 """Every registered deterministic solver converges at its declared order on probability-flow
-ODEs with exact or high-accuracy reference solutions (DESIGN.md, Testing).
+ODEs with exact or high-accuracy reference solutions (docs/architecture.md, Testing).
 
 New solvers are picked up automatically from the registry with their default options.
 Adaptive solvers (``adaptive = True``) choose their own steps and are tested separately.

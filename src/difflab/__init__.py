@@ -1,4 +1,4 @@
-"""difflab: diffusion models in one small, verified core.  See README.md and DESIGN.md."""
+"""difflab: diffusion models in one small, verified core.  See README.md and docs/architecture.md."""
 
 from difflab import parameterization, schedules, solvers, timesteps, toy
 from difflab.denoiser import Denoiser

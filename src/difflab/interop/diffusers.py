@@ -442,13 +442,15 @@ def from_diffusers(
     schedule = schedule_from_config(sc)
     if int(sc.get("num_train_timesteps", 1000)) != schedule.T:  # pragma: no cover - guarded by _betas
         raise ValueError("scheduler config: num_train_timesteps does not match its betas")
-    model = getattr(D, cls).from_pretrained(model_dir, use_safetensors=True, local_files_only=True)
+    model = getattr(D, cls).from_pretrained(
+        model_dir, use_safetensors=True, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
+    )
     if cls == "UNet2DModel" and model.config.get("time_embedding_type", "positional") != "positional":
         raise ValueError(
             f"{model_dir}: UNet2DModel with time_embedding_type {model.config.time_embedding_type!r} (a score-SDE VE "
             "model) is not supported; supported: positional time embeddings with a DDPM-type scheduler"
         )
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device).eval().requires_grad_(False)
     return DiffusersDenoiser(DiffusersNet(model), schedule, sc, Path(path)), schedule
 
 
