@@ -223,3 +223,16 @@ def test_checkpoints_from_before_objectives_still_load(tmp_path):
     tr = Trainer(load_config(None, [*TOY, f"train.out='{tmp_path}'", "train.steps=4"]), **QUIET)
     tr.fit()  # resumes the old checkpoint, optimizer included
     assert tr.step == 4
+
+
+def test_in_memory_data_and_the_analytic_minimum(tmp_path):
+    """``Trainer(data=...)`` trains on given tensors; the squared-error objective's minimiser is
+    the data mean, which the aux group (lr 0.05) reaches."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 2, generator=g) + torch.tensor([3.0, -2.0])
+    tr = Trainer(
+        _cfg(tmp_path, "train.steps=300", "train.ckpt_every=0", "train.log_every=100"), data=(x, None), **QUIET
+    )
+    tr.fit()
+    assert torch.equal(tr.data, x)
+    assert (tr.objective.aux.mu.detach() - x.mean(0)).abs().max() < 0.1

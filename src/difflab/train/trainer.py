@@ -155,7 +155,9 @@ class Trainer:
 
     ``fit()`` resumes from the newest complete checkpoint in ``out/checkpoints`` when one
     exists (``resume=False`` starts over and ignores them).  ``deps`` gives dependencies as
-    ready objects instead of run directories (e.g. an exact teacher in a test).
+    ready objects instead of run directories (e.g. an exact teacher in a test); ``data`` gives
+    the data set as tensors ``(items, labels or None)`` instead of ``[data]`` (e.g. samples of
+    an exact mixture; ``cfg.data`` then only names it).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         device: str | torch.device = "cpu",
         deps: dict[str, Any] | None = None,
+        data: tuple[Tensor, Tensor | None] | None = None,
     ) -> None:
         self.cfg, self.progress, self.log = cfg, progress, log
         tc = cfg.train
@@ -173,7 +176,7 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.out = Path(tc.out)
-        data, labels = build_data(cfg.data)
+        data, labels = build_data(cfg.data) if data is None else data
         num_classes = int(labels.max()) + 1 if labels is not None else None
         self.spec = DataSpec(tuple(data.shape[1:]), num_classes, cfg.data.name)
         cls = objectives.get(cfg.objective.name)
