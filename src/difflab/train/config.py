@@ -52,7 +52,7 @@ class DataConfig:
 class ModelConfig:
     """The network and what it predicts."""
 
-    network: str = "unet"  # unet | mlp
+    network: str = "unet"  # a difflab.nn.NETWORKS name: unet | mlp | ...
     prediction: str = "eps"  # eps | x0 | v | score | velocity | edm
     learned_variance: bool = False
     time_input: str = "default"  # see difflab.denoiser.Denoiser
@@ -147,7 +147,6 @@ class Config:
 _CHOICES = {
     ("data", "name"): ("digits", "fashion_mnist", "idx", "folder", "toy2d"),
     ("data", "split"): ("train", "test", "all"),
-    ("model", "network"): ("unet", "mlp"),
     ("model", "prediction"): ("eps", "x0", "v", "score", "velocity", "edm"),
     ("loss", "kind"): ("denoising", "vlb", "hybrid"),
 }

@@ -40,6 +40,8 @@ class Model:
 
     kind: ClassVar[str] = ""
     options: ClassVar[dict[str, str]] = {}
+    #: False for runs that are not generators (a noisy classifier, an autoencoder): no sample grids
+    generates: ClassVar[bool] = True
 
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg

@@ -423,7 +423,7 @@ class Trainer:
                     t_last, s_last, sums, n_logs = now, self.step, {}, 0
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     last_ckpt = self.save()
-                if tc.sample_every and self.step % tc.sample_every == 0:
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.model().generates:
                     self.save_samples(self.out / "samples" / f"step_{self.step:07d}.png")
                 if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
                     self.log(f"stopping at step {self.step}: train.max_minutes = {tc.max_minutes} reached")
