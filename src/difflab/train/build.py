@@ -23,6 +23,8 @@ __all__ = [
     "build_network",
     "build_schedule",
     "build_solver",
+    "caption_bank",
+    "prompt_context",
     "sample_grid",
 ]
 
@@ -135,6 +137,33 @@ def sample_grid(cfg: SampleConfig, schedule: Schedule, steps: int | None = None)
         return timesteps.get(name, schedule, steps)
     except ValueError as e:
         raise ConfigError(f"sample.grid: {e}") from None
+
+
+def caption_bank(model: ModelConfig, num_classes: int | None):
+    """The caption embeddings a text-conditional model trains on (checks the label count)."""
+    from difflab.text import CaptionBank, TextEncoder, caption_set
+
+    try:
+        nouns = caption_set(model.captions)
+    except ValueError as e:
+        raise ConfigError(f"model.captions: {e}") from None
+    if num_classes is None:
+        raise ConfigError("model.captions (text conditioning) needs a labelled data set")
+    if num_classes > len(nouns):
+        raise ConfigError(
+            f"model.captions = {model.captions!r} captions {len(nouns)} classes, the data has {num_classes}"
+        )
+    return CaptionBank(TextEncoder(model.text_max_length), nouns)
+
+
+def prompt_context(cfg: Config, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Token embeddings of ``prompts`` for a text-conditional model trained with ``cfg``;
+    the empty prompt is the unconditional (null) prompt."""
+    if cfg.model.captions is None:
+        raise ValueError("this model was trained without text (model.captions is not set); it takes no prompt")
+    from difflab.text import TextEncoder
+
+    return TextEncoder(cfg.model.text_max_length).encode(prompts)
 
 
 def default_device() -> torch.device:
