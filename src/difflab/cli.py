@@ -83,6 +83,21 @@ def _ensure_passive_openmp(argv: list[str] | None) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "difflab.cli", *sys.argv[1:]], env)
 
 
+#: ``difflab sample`` options that go to the run's ``Model.generate`` (name -> argparse keywords);
+#: a kind of model that does not take one refuses it by name (``Model.check_options``).
+SAMPLE_OPTIONS: dict[str, dict] = {
+    "solver": {"help": "solver name (default: the run's [sample] solver)"},
+    "steps": {"type": int, "help": "solver steps (default: the run's [sample] steps)"},
+    "grid": {"help": "time grid name (default: the run's [sample] grid; see difflab.timesteps)"},
+    "label": {"type": int, "help": "class label for class-conditional models"},
+    "prompt": {"help": 'text prompt for text-conditional models, e.g. "a photo of a sneaker"'},
+    "guidance": {
+        "type": float,
+        "help": "classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
+    },
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab", description="Train and sample diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -101,25 +116,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
-    s.add_argument("--solver", default=None, help="solver name (default: the config's)")
-    s.add_argument("--steps", type=int, default=None, help="solver steps (default: the config's)")
-    s.add_argument("--grid", default=None, help="time grid name (default: the config's; see difflab.timesteps)")
+    for name, kw in SAMPLE_OPTIONS.items():
+        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kw)
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--out", default="samples.png", help="output .png (grid) or .npz (array 'samples', N x C x H x W in [0, 1])"
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--label", type=int, default=None, help="class label for class-conditional models")
-    s.add_argument(
-        "--prompt", default=None, help='text prompt for text-conditional models, e.g. "a photo of a sneaker"'
-    )
-    s.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
-    )
     s.add_argument("--batch-size", type=int, default=256)
 
     e = sub.add_parser("eval", help="measure a checkpoint: FID, KID, precision/recall, accuracy, test-set NLL")
@@ -187,8 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def sample_options(args: argparse.Namespace, model) -> dict:
     """The generate() options the user set on the command line (None = not given), checked
     against what the run's model takes."""
-    names = ("solver", "steps", "grid", "label", "prompt", "guidance")
-    opts = {k: getattr(args, k, None) for k in names}
+    opts = {k: getattr(args, k, None) for k in SAMPLE_OPTIONS}
     opts = {k: v for k, v in opts.items() if v is not None}
     try:
         model.check_options(opts)
