@@ -10,17 +10,40 @@ from typing import Any
 
 from torch import nn
 
+from difflab.nn.autoencoder import AutoencoderKL
+from difflab.nn.discriminator import PatchDiscriminator
+from difflab.nn.dit import DiT
 from difflab.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from difflab.nn.mlp import MLP
+from difflab.nn.noisy_classifier import NoisyClassifier
 from difflab.nn.unet import UNet
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "autoencoder_kl": AutoencoderKL,
+    "dit": DiT,
+    "mlp": MLP,
+    "noisy_classifier": NoisyClassifier,
+    "patch_discriminator": PatchDiscriminator,
+    "unet": UNet,
+}
 
-__all__ = ["MLP", "NETWORKS", "FourierEmbedding", "SinusoidalEmbedding", "UNet", "build", "count_parameters"]
+__all__ = [
+    "MLP",
+    "NETWORKS",
+    "AutoencoderKL",
+    "DiT",
+    "FourierEmbedding",
+    "NoisyClassifier",
+    "PatchDiscriminator",
+    "SinusoidalEmbedding",
+    "UNet",
+    "build",
+    "count_parameters",
+]
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build a network by name (``mlp``, ``unet``) with the given constructor arguments."""
+    """Build a network by name (a key of :data:`NETWORKS`) with the given constructor arguments."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid: {', '.join(sorted(NETWORKS))}")
     try:
