@@ -1,6 +1,7 @@
 """The ``difflab`` command line: ``train``, ``sample``, ``eval`` and ``demo``.
 
 difflab train configs/digits.toml --set train.steps=2000
+torchrun --nproc_per_node=2 -m difflab train configs/digits.toml    # data-parallel, see train/distributed.py
 difflab sample runs/digits --solver dpmpp_2m --steps 20 --n 64 --seed 0 --out samples.png
 difflab eval runs/fm --metrics fid,kid,pr,nll --solver dpmpp_2m --steps 20 --out eval.json
 difflab demo --out demo
@@ -113,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--fresh", action="store_true", help="ignore existing checkpoints in train.out and start over")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train (auto: CUDA when available); under torchrun rank r uses cuda:LOCAL_RANK with NCCL, "
+        "or the CPU with gloo",
+    )
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
@@ -179,12 +187,24 @@ def _save_samples(x, out: Path, model=None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from difflab.train import Trainer, load_config
+    import torch
+
+    from difflab.train import Trainer, distributed, load_config
 
     cfg = load_config(args.config, args.overrides)
-    tr = Trainer(cfg, progress=not args.no_progress)
-    ckpt = tr.fit(resume=not args.fresh)
-    print(f"trained {tr.step} steps in {tr.train_seconds:.0f} s; checkpoint: {ckpt}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device")
+    try:
+        tr = Trainer(cfg, progress=not args.no_progress, device=device)
+        ckpt = tr.fit(resume=not args.fresh)
+    finally:
+        distributed.shutdown()
+    if tr.world.main:
+        ranks = f" in {tr.world.size} processes" if tr.world.active else ""
+        print(f"trained {tr.step} steps{ranks} in {tr.train_seconds:.0f} s; checkpoint: {ckpt}")
     return 0
 
 

@@ -12,6 +12,10 @@ times / noise / label dropout come from the trainer's own generator, dropout fro
 global RNG; both RNG states, the weights, the optimizer moments, the EMA, the objective's extra
 state and the step are saved, so N steps straight and N/2 + resume + N/2 give the same weights
 bit for bit.
+
+Several processes (``torchrun --nproc_per_node=N -m difflab train CONFIG``): each rank takes its
+shard of the same global batch and the gradients are averaged over the ranks, so N processes train
+what one process trains with ``train.grad_accum = N``; rank 0 alone writes (:mod:`difflab.train.distributed`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from tqdm.auto import tqdm
 
 from difflab import nn as dl_nn
 from difflab.data import batch_stream
-from difflab.train import objectives
+from difflab.random import sample_seed
+from difflab.train import distributed, objectives
 from difflab.train.build import build_data, caption_bank, prompt_context
 from difflab.train.checkpoint import (
     CheckpointError,
@@ -58,6 +63,10 @@ __all__ = [
     "load_model",
     "prompt_context",
 ]
+
+
+# streams of the per-shard generators (Trainer._shards)
+_SHARD_GEN, _SHARD_DROPOUT = 11, 12
 
 
 class TrainingError(RuntimeError):
@@ -169,12 +178,23 @@ class Trainer:
         deps: dict[str, Any] | None = None,
         data: tuple[Tensor, Tensor | None] | None = None,
     ) -> None:
-        self.cfg, self.progress, self.log = cfg, progress, log
         tc = cfg.train
-        self.device = torch.device(device)
-        self._tuner = ThreadTuner() if tc.threads == 0 else None
+        self.world = distributed.world()
+        w = self.world
+        if w.active and tc.batch_size % (w.size * tc.grad_accum):
+            raise ConfigError(
+                f"train.batch_size = {tc.batch_size} is not divisible by the world size {w.size} x "
+                f"train.grad_accum = {tc.grad_accum}: each of the {w.size} processes takes an equal share of the "
+                f"global batch, in train.grad_accum equal micro-batches"
+            )
+        self.cfg, self.progress = cfg, progress and w.main
+        self.log = log if w.main else (lambda s: None)
+        self.device = distributed.init(w, torch.device(device))
+        self._tuner = ThreadTuner() if tc.threads == 0 and not w.active else None
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        elif w.active:  # the processes of one machine share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // w.local_size))
         self.out = Path(tc.out)
         data, labels = build_data(cfg.data) if data is None else data
         num_classes = int(labels.max()) + 1 if labels is not None else None
@@ -317,13 +337,33 @@ class Trainer:
             out["x"] = out["x"].contiguous(memory_format=self._memory_format)
         return out
 
+    def _shards(self, batch: Batch) -> tuple[list[Batch], list[torch.Generator], list[dict[str, Tensor]]]:
+        """This rank's micro-batches of the global ``batch`` with the generator and global-RNG state of
+        each.  With one shard (one process, no accumulation) that is the batch and the Trainer's own
+        generator.  With several, shard m (rank r, micro-batch j: m = r grad_accum + j) draws from
+        generators seeded by (one number the Trainer's generator draws per step, m), so what a shard
+        draws does not depend on which process runs it (:mod:`difflab.train.distributed`)."""
+        w, a = self.world, self.cfg.train.grad_accum
+        if w.active:
+            per = self.cfg.train.batch_size // w.size
+            batch = {k: v[w.rank * per : (w.rank + 1) * per] for k, v in batch.items()}
+        micro = [self._to_device(b) for b in _split(batch, a)]
+        if w.size * a == 1:
+            return micro, [self.gen], []
+        base = int(torch.randint(0, 2**62, (), generator=self.gen))
+        ids = [w.rank * a + j for j in range(a)]
+        gens = [torch.Generator().manual_seed(sample_seed(base, m, _SHARD_GEN)) for m in ids]
+        rngs = [distributed.new_shard_rng(sample_seed(base, m, _SHARD_DROPOUT), self.device) for m in ids]
+        return micro, gens, rngs
+
     def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step of every parameter group on ``batch`` (split into ``grad_accum``
-        micro-batches); returns the logged values (losses averaged over the micro-batches and the
-        gradient norm before clipping; prefixed ``group/`` when there are several groups)."""
+        """One optimizer step of every parameter group on the global ``batch`` (this rank's share of it,
+        split into ``grad_accum`` micro-batches); returns the logged values (losses averaged over the
+        micro-batches and the ranks, the gradient norm before clipping; prefixed ``group/`` when there
+        are several groups)."""
         tc = self.cfg.train
         self.objective.train()
-        micro = [self._to_device(b) for b in _split(batch, tc.grad_accum)]
+        micro, gens, rngs = self._shards(batch)
         logs: dict[str, float] = {}
         for name, group in self.groups.items():
             opt = self.opts[name]
@@ -332,21 +372,25 @@ class Trainer:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
-            for mb in micro:
-                with self._autocast():
-                    out = self.objective.loss(name, mb, self.gen, self.step)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
-                    last = latest_checkpoint(self.ckpt_dir)
-                    where = f" ({name})" if len(self.groups) > 1 else ""
-                    raise TrainingError(
-                        f"the loss{where} became {float(loss.detach())} at step {self.step}; stopping. "
-                        + (f"The last good checkpoint is {last}." if last else "No checkpoint was written yet.")
-                        + " Try a lower train.lr, train.grad_clip or disabling train.bf16."
-                    )
-                (loss / tc.grad_accum).backward()
+            for j, mb in enumerate(micro):
+                rng = distributed.shard_rng(rngs[j], self.device) if rngs else contextlib.nullcontext()
+                with rng:
+                    with self._autocast():
+                        out = self.objective.loss(name, mb, gens[j], self.step)
+                    (out["loss"] / tc.grad_accum).backward()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / tc.grad_accum
+            # the mean over every rank's shards: what one process computes on the whole global batch
+            distributed.average_gradients(group.params, self.world)
+            sums = distributed.average_values(sums, self.world, self.device)
+            if not math.isfinite(sums["loss"]):
+                last = latest_checkpoint(self.ckpt_dir)
+                where = f" ({name})" if len(self.groups) > 1 else ""
+                raise TrainingError(
+                    f"the loss{where} became {sums['loss']} at step {self.step}; stopping. "
+                    + (f"The last good checkpoint is {last}." if last else "No checkpoint was written yet.")
+                    + " Try a lower train.lr, train.grad_clip or disabling train.bf16."
+                )
             gn = float("nan")
             if tc.grad_clip and group.clip:
                 gn = float(torch.nn.utils.clip_grad_norm_(group.params, tc.grad_clip))
@@ -386,10 +430,18 @@ class Trainer:
     def fit(self, resume: bool = True) -> Path:
         """Train up to ``train.steps`` (or ``train.max_minutes``); returns the final checkpoint."""
         tc = self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+        w = self.world
+        if w.main:  # rank 0 alone writes into the run directory
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
         if resume:
             self.resume()
+        first = distributed.broadcast_int(self.step, w, self.device)
+        if first != self.step:
+            raise TrainingError(
+                f"rank {w.rank} resumed at step {self.step}, rank 0 at step {first}: every rank must see the same "
+                f"run directory {self.out} (on several machines, a shared file system)"
+            )
         stream = batch_stream(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.step)
         bar = tqdm(total=tc.steps, initial=self.step, disable=not self.progress, desc="train", unit="it")
         t0 = time.perf_counter()
@@ -411,7 +463,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 n_logs += 1
                 bar.update(1)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                if w.main and (self.step % tc.log_every == 0 or self.step == tc.steps):
                     now = time.perf_counter()
                     ips = (self.step - s_last) / max(now - t_last, 1e-9)
                     row: dict[str, Any] = {"step": self.step}
@@ -421,18 +473,24 @@ class Trainer:
                     self._log_row(row)
                     bar.set_postfix(loss=f"{row[main_loss]:.4f}", its=f"{ips:.1f}")
                     t_last, s_last, sums, n_logs = now, self.step, {}, 0
-                if tc.ckpt_every and self.step % tc.ckpt_every == 0:
+                if w.main and tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     last_ckpt = self.save()
-                if tc.sample_every and self.step % tc.sample_every == 0 and self.model().generates:
+                if w.main and tc.sample_every and self.step % tc.sample_every == 0 and self.model().generates:
                     self.save_samples(self.out / "samples" / f"step_{self.step:07d}.png")
-                if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
+                if tc.max_minutes is not None and distributed.all_max(
+                    time.perf_counter() - t0 > 60 * tc.max_minutes, w, self.device
+                ):  # every rank stops at the same step
                     self.log(f"stopping at step {self.step}: train.max_minutes = {tc.max_minutes} reached")
                     break
         finally:
             bar.close()
         self.train_seconds = time.perf_counter() - t0
+        if not w.main:
+            distributed.barrier(w)  # returns once rank 0 has written the final checkpoint
+            return self.ckpt_dir / f"step_{self.step:07d}"
         if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:07d}"):
             last_ckpt = self.save()
+        distributed.barrier(w)
         if self.history:
             from difflab import images
 
