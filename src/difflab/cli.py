@@ -5,6 +5,7 @@ torchrun --nproc_per_node=2 -m difflab train configs/digits.toml    # data-paral
 difflab sample runs/digits --solver dpmpp_2m --steps 20 --n 64 --seed 0 --out samples.png
 difflab eval runs/fm --metrics fid,kid,pr,nll --solver dpmpp_2m --steps 20 --out eval.json
 difflab demo --out demo
+difflab serve runs/digits runs/fm --port 7860                          # a web page (pip install 'difflab[ui]')
 """
 
 from __future__ import annotations
@@ -155,6 +156,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     e.add_argument("--out", default="eval.json", help="the JSON report")
+
+    v = sub.add_parser("serve", help="a web page (Gradio) to sample runs; pip install 'difflab[ui]'")
+    v.add_argument("runs", nargs="+", metavar="RUN", help="run directories to offer (only these are served)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=7860)
+    v.add_argument("--max-n", type=int, default=64, help="most images per request")
+    v.add_argument("--max-steps", type=int, default=250, help="most solver steps per request")
+    v.add_argument("--queue", type=int, default=8, help="most waiting requests; one more is answered 'Queue is full'")
+    v.add_argument("--concurrency", type=int, default=1, help="requests sampled at the same time")
+    v.add_argument("--max-upload-mb", type=float, default=8.0, help="largest uploaded image")
+    v.add_argument("--no-ema", action="store_true", help="serve the raw weights instead of the EMA")
 
     d = sub.add_parser(
         "demo", help="train on the embedded digits and write samples, a denoising strip and a loss curve"
@@ -316,10 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     frames: list = []
     k = 8
     x_strip = model.generate(k, seed=1, callback=lambda info: frames.append(info.x.clone()))
-    cols = 10  # evenly spaced steps from noise to the final sample
-    idx = sorted({round(i * (len(frames) - 1) / (cols - 1)) for i in range(cols)})
-    strip = [frames[i] for i in idx[:-1]] + [x_strip]
-    images.save_strip([f.clamp(-1, 1) for f in strip], out / "denoising.png", scale=4)
+    images.save_strip(images.strip_frames(frames, x_strip), out / "denoising.png", scale=4)
     print(
         f"  sampled {n} + {k} images with {cfg.sample.solver} ({cfg.sample.steps} steps) in {time.perf_counter() - t0:.1f} s"
     )
@@ -329,7 +338,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: subcommand -> its function (each takes the parsed arguments, returns the exit status)
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (another server listens there)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host!r}: {e}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            s.bind(addr)
+        except OSError:
+            return True
+    return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from difflab.serve import Limits, ServeError, check_paths, load_runs
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        limits = Limits(
+            max_n=args.max_n,
+            max_steps=args.max_steps,
+            queue=args.queue,
+            concurrency=args.concurrency,
+            max_upload_mb=args.max_upload_mb,
+        )
+    except ServeError as e:
+        raise UsageError(str(e).replace("max_", "--max-").replace("_", "-")) from None
+    try:
+        check_paths(args.runs)
+    except ServeError as e:
+        raise UsageError(str(e)) from None
+    if port_in_use(args.host, args.port):
+        raise UsageError(f"port {args.port} on {args.host} is in use (another server?); choose another with --port")
+    try:
+        from difflab.serve.app import launch
+    except ImportError as e:
+        raise UsageError(f"the web UI needs gradio ({e}); install it with: pip install 'difflab[ui]'") from None
+    t0 = time.perf_counter()
+    try:
+        runs = load_runs(args.runs, use_ema=not args.no_ema)
+    except ServeError as e:
+        raise UsageError(str(e)) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"difflab serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
+    print(
+        f"difflab serve: {len(runs)} run(s) loaded in {time.perf_counter() - t0:.1f} s: {', '.join(runs)}", flush=True
+    )
+    launch(runs, limits, host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

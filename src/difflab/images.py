@@ -52,12 +52,24 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None, scale
     return _save(grid_image(x, nrow, scale), path)
 
 
-def save_strip(frames: Sequence[Tensor], path: str | os.PathLike, scale: int | None = None) -> Path:
+def strip_frames(frames: Sequence[Tensor], final: Tensor, cols: int = 10) -> list[Tensor]:
+    """``cols`` frames of a denoising run, evenly spaced from the first state to ``final`` (the
+    sample), clipped to [-1, 1]: the columns of a denoising strip."""
+    idx = sorted({round(i * (len(frames) - 1) / (cols - 1)) for i in range(cols)}) if len(frames) > 1 else [0]
+    return [f.clamp(-1, 1) for f in [*(frames[i] for i in idx[:-1]), final]]
+
+
+def strip_image(frames: Sequence[Tensor], scale: int | None = None) -> Image.Image:
     """A denoising strip: frame k (a batch (N, C, H, W)) in column k, sample i in row i."""
     stacked = torch.stack([f.detach().float().cpu() for f in frames], 1)  # (N, K, C, H, W)
     k = stacked.shape[1]
     scale = scale or max(1, 32 // stacked.shape[-1])
-    return _save(grid_image(stacked.flatten(0, 1), nrow=k, scale=scale), path)
+    return grid_image(stacked.flatten(0, 1), nrow=k, scale=scale)
+
+
+def save_strip(frames: Sequence[Tensor], path: str | os.PathLike, scale: int | None = None) -> Path:
+    """Save a denoising strip (:func:`strip_image`)."""
+    return _save(strip_image(frames, scale), path)
 
 
 def save_loss_curve(
@@ -111,9 +123,14 @@ def _pil_plot(raw: np.ndarray, smooth: np.ndarray, w: int = 600, h: int = 350) -
     return img
 
 
-def save_points(x: Tensor, path: str | os.PathLike, lim: float = 3.0, size: int = 300) -> Path:
+def points_image(x: Tensor, lim: float = 3.0, size: int = 300) -> Image.Image:
     """A 2-D scatter plot of points (N, 2) as a density image on [-lim, lim]^2."""
     p = x.detach().float().cpu().numpy()
     hist, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
     img = 255 - np.clip(hist / max(1.0, np.percentile(hist[hist > 0], 95) if (hist > 0).any() else 1) * 255, 0, 255)
-    return _save(Image.fromarray(img[::-1].astype(np.uint8), "L"), path)
+    return Image.fromarray(img[::-1].astype(np.uint8), "L")
+
+
+def save_points(x: Tensor, path: str | os.PathLike, lim: float = 3.0, size: int = 300) -> Path:
+    """Save a 2-D scatter plot of points (:func:`points_image`)."""
+    return _save(points_image(x, lim, size), path)
