@@ -211,10 +211,14 @@ def diffusers_grid(schedule: DiscreteVP, sc: dict[str, Any], steps: int, schedul
 
 
 def solver_for(sc: dict[str, Any], scheduler: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(difflab solver name, options) that run the update of diffusers' ``scheduler`` class
-    (default: the config's) with this config: DDIM (eta = 0) -> ``ddim``; DDPM -> ``ddpm``;
-    DPM-Solver++ 2M / 3M (``algorithm_type = dpmsolver++``, midpoint) -> ``dpmpp_2m`` / ``dpmpp_3m``
-    with ``solver_type='dpmsolver'``; UniPC (x0 prediction, ``bh1``/``bh2``) -> ``unipc``; DEIS -> ``deis``."""
+    """(difflab solver name, options) for diffusers' ``scheduler`` class (default: the config's).
+
+    The same update, so the same samples to float round-off (``benchmarks/interop.py``): DDIM
+    (eta = 0) -> ``ddim``; DPM-Solver++(2M) (``algorithm_type = dpmsolver++``, midpoint) ->
+    ``dpmpp_2m`` with ``solver_type='dpmsolver'``; UniPC (x0 prediction, ``bh1`` / ``bh2``) -> ``unipc``.
+    The same method, other numbers: DDPM -> ``ddpm`` (other noise draws); DPM-Solver++(3M) ->
+    ``dpmpp_3m`` (difflab's is third order, diffusers' weights the second difference by half);
+    DEIS -> ``deis`` (tAB-DEIS, a polynomial in t, where diffusers extrapolates in log rho)."""
     name = _scheduler_class(sc, scheduler)
     order = int(sc.get("solver_order", 2))
     final_sigma_min = name == "DEISMultistepScheduler" or sc.get("final_sigmas_type", "zero") == "sigma_min"
