@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from difflab.train.checkpoint import load_checkpoint
-from report import RESULTS, ROOT, stamp, write_section
+from report import RESULTS, ROOT, load_note, stamp, write_section
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -67,6 +67,7 @@ def main() -> None:
         "train.sample_every=0",
     ]
     cfg = str(ROOT / "configs" / "digits.toml")
+    load0 = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -99,7 +100,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     keep = [{k: v for k, v in r.items() if k != "w"} for r in rows]
     (RESULTS / "ddp.json").write_text(json.dumps({"steps": args.steps, "runs": keep}, indent=1))
-    md = report(keep, args.steps)
+    md = report(keep, args.steps) + "\n\n" + load_note(load0, os.getloadavg())
     print(md)
     if not args.no_write:
         cmd = "python benchmarks/ddp.py" + (f" --steps {args.steps}" if args.steps != 300 else "")

@@ -52,3 +52,11 @@ def write_section(name: str, markdown: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def load_note(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    """A sentence on how busy the machine was (1-minute load averages at the start and the end)."""
+    return (
+        f"Load average of the machine: {before[0]:.1f} at the start, {after[0]:.1f} at the end (2 cores; other jobs "
+        "were running, so absolute times are inflated and vary between runs)."
+    )

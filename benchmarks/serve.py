@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import ROOT, stamp, write_section
+from report import ROOT, load_note, stamp, write_section
 
 FLAGS = (
     "--headless",
@@ -108,6 +108,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    load0 = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "difflab", "serve", *args.runs, "--port", str(port)], env=env)
     try:
@@ -140,6 +141,8 @@ def main() -> None:
             "| what | seconds |",
             "| --- | --- |",
             *(f"| {name} | {s:.1f} |" for name, s in rows),
+            "",
+            load_note(load0, os.getloadavg()),
             "",
             "![the difflab serve page](docs/serve.png)",
         ]
