@@ -118,9 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        default="auto",
+        default="cpu",
         help="where to train (auto: CUDA when available); under torchrun rank r uses cuda:LOCAL_RANK with NCCL, "
-        "or the CPU with gloo",
+        "or the CPU with gloo (default: cpu)",
     )
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
