@@ -83,7 +83,11 @@ def browser_first_image(url: str, shot: Path) -> float:
             fields = d.find_elements(By.CSS_SELECTOR, f"#{elem_id} input")
             if fields and fields[0].is_displayed():
                 fields[0].click()
-                fields[0].send_keys(Keys.CONTROL, "a", Keys.BACKSPACE, value, Keys.ENTER, Keys.TAB)
+                fields[0].send_keys(Keys.CONTROL, "a")  # one call per chord: send_keys holds CONTROL to its end
+                fields[0].send_keys(Keys.BACKSPACE)
+                fields[0].send_keys(value)
+                fields[0].send_keys(Keys.ENTER)
+                fields[0].send_keys(Keys.TAB)
         t0 = time.perf_counter()
         d.find_element(By.ID, "generate").click()
         WebDriverWait(d, 300, poll_frequency=0.1).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid img"))
