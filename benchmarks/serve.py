@@ -137,7 +137,8 @@ def main() -> None:
     ]
     md = "\n".join(
         [
-            f"Runs served: {', '.join(f'`{r}`' for r in args.runs)}; the first is sampled with its [sample] solver and "
+            f"Runs served: {', '.join(f'`{Path(r).name}`' for r in args.runs)} (the shared trained runs of "
+            "configs/fashion_ddpm_cond.toml and the digits demo); the first is sampled with its [sample] solver and "
             "steps (DPM-Solver++(2M), 20 steps), 16 images. The server is a fresh `python -m difflab serve` process: "
             "the times include starting Python, importing torch and gradio and loading the runs' checkpoints. The "
             "browser's request is guided (two network evaluations per step, batched), the API's are not.",
