@@ -10,17 +10,28 @@ from typing import Any
 
 from torch import nn
 
+from difflab.nn.controlnet import ControlledUNet, ControlNet
 from difflab.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from difflab.nn.mlp import MLP
 from difflab.nn.unet import UNet
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet}
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "controlnet": ControlNet}
 
-__all__ = ["MLP", "NETWORKS", "FourierEmbedding", "SinusoidalEmbedding", "UNet", "build", "count_parameters"]
+__all__ = [
+    "MLP",
+    "NETWORKS",
+    "ControlNet",
+    "ControlledUNet",
+    "FourierEmbedding",
+    "SinusoidalEmbedding",
+    "UNet",
+    "build",
+    "count_parameters",
+]
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build a network by name (``mlp``, ``unet``) with the given constructor arguments."""
+    """Build a network by name (``mlp``, ``unet``, ``controlnet``) with the given constructor arguments."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid: {', '.join(sorted(NETWORKS))}")
     try:
