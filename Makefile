@@ -6,14 +6,15 @@ TORCH ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-torch-$(TORCH)
-EXTRAS ?= dev,text
+EXTRAS ?= dev,text,interop
 
 .PHONY: venv test demo lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "torch==$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" "torch==$(TORCH)"
+	$(BIN)/python -c "import sys, torch; v = torch.__version__; sys.exit(0 if v.split('+')[0] == '$(TORCH)' else f'an extra replaced torch $(TORCH) by {v}')"
 	rm -f $(VENV)/.stamp-torch-*
 	touch $@
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from difflab.data import fashion_mnist
 from difflab.evaluation import evaluate_checkpoint, guided_generate, write_report
 from difflab.images import save_grid
-from difflab.train import latest_checkpoint, load_model
+from difflab.train import latest_checkpoint, load_run
 from difflab.train.classifier import load_noisy_classifier, noisy_accuracy
 from difflab.train.classifier import main as train_classifier
 from quality import N_REAL, RUN, ensure_model
@@ -87,7 +87,7 @@ def measure(pts: list[dict[str, Any]], n: int, n_ancestral: int) -> dict[str, An
 
 def class_grids(solver: str, steps: int, scale: float, per_class: int = 10) -> list[Path]:
     """One row per class (classes 0..9 top to bottom), for CFG and classifier guidance."""
-    net, schedule, cfg, _ = load_model(RUN)
+    model = load_run(RUN)
     paths = []
     for method in ("cfg", "classifier"):
         path = RESULTS / f"guidance_grid_{method}.png"
@@ -95,7 +95,7 @@ def class_grids(solver: str, steps: int, scale: float, per_class: int = 10) -> l
             paths.append(path)
             continue
         clf = CLASSIFIER if method == "classifier" else None
-        x, y, _ = guided_generate(net, schedule, cfg, 10 * per_class, 1, solver, steps, guidance=scale, classifier=clf)
+        x, y, _ = guided_generate(model, 10 * per_class, 1, solver, steps, guidance=scale, classifier=clf)
         order = torch.argsort(y, stable=True)
         paths.append(save_grid(x[order], path, nrow=per_class))
     return paths

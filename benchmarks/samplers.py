@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from difflab import schedules, solvers, timesteps, toy
+from difflab.interop import sample_with_scheduler
 from difflab.metrics.fid import frechet_distance, gaussian_stats
 from difflab.metrics.sliced import sliced_wasserstein
 from difflab.solvers import sample
@@ -231,13 +232,8 @@ def run_diffusers(post: FastPosterior, cls: type, kw: dict, x_T: torch.Tensor, n
         return None
     sched = make_scheduler(cls, kw)
     sched.set_timesteps(n)
-    model = diffusers_eps_model(post, sched)
-    # diffusers' x_T for DDPM-type schedulers is the VP state; k-diffusion-type ones start
-    # from x_T * init_noise_sigma (= x_T / alpha_T in their VE frame)
-    x = x_T.to(torch.float64) * float(sched.init_noise_sigma)
-    for t in sched.timesteps:
-        x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample
-    return x
+    # diffusers' pipeline loop (x_T * init_noise_sigma for k-diffusion-type schedulers)
+    return sample_with_scheduler(sched, diffusers_eps_model(post, sched), x_T.to(torch.float64))
 
 
 # --- per-step overhead --------------------------------------------------------------------

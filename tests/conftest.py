@@ -23,3 +23,18 @@ def require_fashion_mnist() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"Fashion-MNIST is missing from {data.FASHION_MNIST_DIR} under CI (.ci/run installs it)")
     pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def require_module(name: str, extra: str):
+    """Import an optional dependency, or skip on a developer machine without it; fail under CI,
+    whose test install (Makefile EXTRAS) has every extra the tests use."""
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing under CI (the test install has the [{extra}] extra)")
+        pytest.skip(f"{name} not installed (pip install -e .[{extra}])")

@@ -118,6 +118,6 @@ def test_sample_label_errors(tmp_path, capsys):
     out = str(tmp_path / "s.png")
     assert main(["sample", str(run), "--label", "3", "--guidance", "2", "--n", "2", "--out", out]) == 0
     assert main(["sample", str(run), "--label", "11", "--out", out]) == 2
-    assert "--label 11 is outside the model's classes 0..9" in capsys.readouterr().err
+    assert "label 11 is outside the model's classes 0..9" in capsys.readouterr().err
     assert main(["sample", str(run), "--label", "3", "--guidance", "inf", "--out", out]) == 2
     assert "finite number, got inf" in capsys.readouterr().err

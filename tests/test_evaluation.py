@@ -11,7 +11,7 @@ import torch
 
 from difflab.evaluation import class_labels, evaluate_checkpoint, guided_generate, to_uint8
 from difflab.nn.noisy_classifier import NoisyClassifier
-from difflab.train import CheckpointError, Trainer, load_config, load_model
+from difflab.train import CheckpointError, Trainer, load_config, load_run
 
 TINY = [
     "data.name='digits'",
@@ -55,17 +55,17 @@ def test_report(run, tmp_path):
 
 
 def test_nfe_of_solvers_and_guidance(run):
-    net, sch, cfg, _ = load_model(run)
+    model = load_run(run)
     # Heun: two evaluations per step, but the last step (to t = 0) is Euler (Karras et al. 2022, Alg. 1)
-    assert guided_generate(net, sch, cfg, 4, solver="heun", steps=3)[2] == 5
-    x0, y0, _ = guided_generate(net, sch, cfg, 10, seed=3, solver="ddim", steps=3, guidance=0.0)
-    x2, y2, nfe = guided_generate(net, sch, cfg, 10, seed=3, solver="ddim", steps=3, guidance=2.0)
+    assert guided_generate(model, 4, solver="heun", steps=3)[2] == 5
+    x0, y0, _ = guided_generate(model, 10, seed=3, solver="ddim", steps=3, guidance=0.0)
+    x2, y2, nfe = guided_generate(model, 10, seed=3, solver="ddim", steps=3, guidance=2.0)
     assert nfe == 3 and torch.equal(y0, torch.arange(10) % 10) and torch.equal(y0, y2)
     assert not torch.allclose(x0, x2)
-    _, yc, _ = guided_generate(net, sch, cfg, 10, seed=3, solver="ddim", steps=3, label=7)
+    _, yc, _ = guided_generate(model, 10, seed=3, solver="ddim", steps=3, label=7)
     assert (yc == 7).all()
     clf = NoisyClassifier(1, 10, channels=8, channel_mults=[1, 2], image_size=8, head_channels=8)
-    xg, yg, _ = guided_generate(net, sch, cfg, 10, seed=3, solver="ddpm", steps=3, guidance=1.0, classifier=clf)
+    xg, yg, _ = guided_generate(model, 10, seed=3, solver="ddpm", steps=3, guidance=1.0, classifier=clf)
     assert xg.shape == (10, 1, 8, 8) and torch.isfinite(xg).all() and torch.equal(yg, y0)
 
 

@@ -42,7 +42,7 @@ def test_text_model_has_cross_attention_and_sees_captions(text_run):
     assert tr.net.config["context_dim"] == 384
     # the training conditioning is a caption of the label; the null row is the empty prompt
     y = torch.tensor([3, 10])
-    ctx, mask = tr.captions.lookup(y, torch.Generator().manual_seed(0))
+    ctx, mask = tr.objective.conditioning.captions.lookup(y, torch.Generator().manual_seed(0))
     empty, _ = prompt_context(tr.cfg, [""])
     torch.testing.assert_close(ctx[1], empty[0])
     assert mask[0].sum() > mask[1].sum()

@@ -9,7 +9,6 @@ difflab demo --out demo
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -104,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
     s.add_argument("--solver", default=None, help="solver name (default: the config's)")
     s.add_argument("--steps", type=int, default=None, help="solver steps (default: the config's)")
+    s.add_argument("--grid", default=None, help="time grid name (default: the config's; see difflab.timesteps)")
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--guidance",
         type=float,
-        default=0.0,
+        default=None,
         help="classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
     )
     s.add_argument("--batch-size", type=int, default=256)
@@ -154,10 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _save_samples(x, out: Path) -> None:
+def _save_samples(x, out: Path, model=None) -> None:
+    """``.npz``: the array ``samples`` (images N x C x H x W in [0, 1]; other data as it is);
+    ``.png``: the model's picture of them (a grid of images, a scatter plot of points)."""
     import numpy as np
 
     from difflab import images
+    from difflab.train.models import Model
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -166,10 +169,7 @@ def _save_samples(x, out: Path) -> None:
         np.savez_compressed(tmp, samples=arr)
         os.replace(tmp, out)
     elif out.suffix == ".png":
-        if x.dim() == 2:
-            images.save_points(x, out)
-        else:
-            images.save_grid(x, out)
+        (model or Model()).save_png(x, out)
     else:
         raise UsageError(f"--out must end in .png or .npz, got {out}")
 
@@ -184,57 +184,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+def sample_options(args: argparse.Namespace, model) -> dict:
+    """The generate() options the user set on the command line (None = not given), checked
+    against what the run's model takes."""
+    names = ("solver", "steps", "grid", "label", "prompt", "guidance")
+    opts = {k: getattr(args, k, None) for k in names}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    try:
+        model.check_options(opts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return opts
 
-    from difflab import guidance
-    from difflab.train import generate, load_model, prompt_context
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from difflab.train import CheckpointError, ConfigError, load_run
 
     if args.n < 1:
         raise UsageError("--n must be positive")
-    net, schedule, cfg, state = load_model(args.ckpt, use_ema=not args.no_ema)
-    y = context = guide = None
-    null: dict = {}
-    if args.label is not None:
-        k = net.config.get("num_classes")
-        if not k:
-            raise UsageError("--label needs a class-conditional model")
-        if not 0 <= args.label < k:
-            raise UsageError(f"--label {args.label} is outside the model's classes 0..{k - 1}")
-        y = torch.full((args.n,), args.label, dtype=torch.long)
-        null["y"] = k
-    if args.prompt is not None:
-        try:
-            ctx, mask = prompt_context(cfg, [args.prompt, ""])
-        except ValueError as e:
-            raise UsageError(f"--prompt: {e}") from None
-        context = (ctx[:1].expand(args.n, -1, -1), mask[:1].expand(args.n, -1))
-        null["context"], null["context_mask"] = ctx[1:], mask[1:]
-    if args.guidance:
-        if not null:
-            raise UsageError("--guidance needs --label or --prompt")
-        try:
-            cfg_den = functools.partial(guidance.cfg, scale=args.guidance, null=null)
-            cfg_den(lambda x, t, **c: x)  # validates the scale now, not after loading data
-        except ValueError as e:
-            raise UsageError(f"--guidance: {e}") from None
-        guide = cfg_den
+    model = load_run(args.ckpt, use_ema=not args.no_ema)
+    opts = sample_options(args, model)
     t0 = time.perf_counter()
-    x = generate(
-        net,
-        schedule,
-        cfg,
-        args.n,
-        args.seed,
-        solver=args.solver,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        progress=True,
-        y=y,
-        context=context,
-        guide=guide,
-    )
-    _save_samples(x, Path(args.out))
+    try:
+        x = model.generate(args.n, args.seed, batch_size=args.batch_size, progress=True, **opts)
+    except ValueError as e:
+        if isinstance(e, UsageError | ConfigError | CheckpointError):
+            raise
+        raise UsageError(str(e)) from None
+    _save_samples(x, Path(args.out), model)
+    state = model.state
     print(
         f"{args.n} samples from {state['path']} (step {state['step']}) in {time.perf_counter() - t0:.1f} s -> {args.out}"
     )
@@ -281,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from difflab import images
-    from difflab.train import Trainer, generate
+    from difflab.train import Trainer
     from difflab.train.config import _toml, apply_overrides, from_dict
 
     out = Path(args.out)
@@ -307,13 +285,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     n = 256
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    x = generate(tr.ema.net, tr.schedule, cfg, n, seed=0, batch_size=n)
+    model = tr.model()
+    x = model.generate(n, seed=0, batch_size=n)
     _save_samples(x, out / "samples.npz")
     images.save_grid(x, out / "samples.png", nrow=16, scale=4)
 
     frames: list = []
     k = 8
-    x_strip = generate(tr.ema.net, tr.schedule, cfg, k, seed=1, callback=lambda info: frames.append(info.x.clone()))
+    x_strip = model.generate(k, seed=1, callback=lambda info: frames.append(info.x.clone()))
     cols = 10  # evenly spaced steps from noise to the final sample
     idx = sorted({round(i * (len(frames) - 1) / (cols - 1)) for i in range(cols)})
     strip = [frames[i] for i in idx[:-1]] + [x_strip]
@@ -326,6 +305,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: subcommand -> its function (each takes the parsed arguments, returns the exit status)
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``difflab`` console script."""
     _ensure_passive_openmp(argv)
@@ -333,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     from difflab.train import CheckpointError, ConfigError, TrainingError
 
     try:
-        return {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}[args.cmd](args)
+        return COMMANDS[args.cmd](args)
     except (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError) as e:
         print(f"difflab {args.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ from difflab.schedules import DiscreteVP, Schedule
 from difflab.train.build import build_data, build_denoiser
 from difflab.train.checkpoint import CheckpointError
 from difflab.train.config import Config
-from difflab.train.trainer import generate, load_model
+from difflab.train.models import DiffusionModel, Model
+from difflab.train.runs import load_run
 
 __all__ = [
     "class_labels",
@@ -81,9 +82,7 @@ def _load_classifier(classifier: str | os.PathLike | nn.Module) -> nn.Module:
 
 
 def guided_generate(
-    net: nn.Module,
-    schedule: Schedule,
-    cfg: Config,
+    model: DiffusionModel,
     n: int,
     seed: int = 0,
     solver: str | None = None,
@@ -95,7 +94,8 @@ def guided_generate(
     batch_size: int = 250,
     progress: bool = False,
 ) -> tuple[Tensor, Tensor | None, int]:
-    """Draw n samples, class-conditional when the model is (balanced classes, or ``label``).
+    """Draw n samples from a diffusion ``model``, class-conditional when it is (balanced classes,
+    or ``label``).
 
     ``guidance``: None (plain conditional sampling), the classifier-free guidance weight w
     (``convention='w'``: 0 is the conditional model; a class-conditional model trained with
@@ -106,7 +106,7 @@ def guided_generate(
     """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
-    k = num_classes(net)
+    k, schedule = model.num_classes, model.schedule
     if guidance is not None:
         _check_finite(guidance, "guidance scale")
     if classifier is not None and guidance is None:
@@ -139,9 +139,32 @@ def guided_generate(
         return counted
 
     batch_size = min(batch_size, n)
-    x = generate(net, schedule, cfg, n, seed, solver, steps, batch_size, progress=progress, y=y, guide=guide)
+    x = model.generate(
+        n, seed, solver=solver, steps=steps, batch_size=batch_size, progress=progress, label=y, guide=guide
+    )
     nfe = calls[0] // math.ceil(n / batch_size)
     return x, y, nfe
+
+
+def _plain_generate(
+    model: Model,
+    n: int,
+    seed: int,
+    label: int | None,
+    batch_size: int,
+    progress: bool,
+    guidance: float | None,
+    classifier: Any,
+) -> tuple[Tensor, Tensor | None, None]:
+    """Samples of a model that is not a diffusion model (a GAN generator, ...): labels only; the
+    network evaluations are the model's own business (reported as None)."""
+    if guidance is not None or classifier is not None:
+        raise ValueError(f"guidance applies to diffusion models; this run is a {model.kind} model")
+    opts = {"label": label} if label is not None else {}
+    model.check_options(opts)
+    x = model.generate(n, seed, batch_size=batch_size, progress=progress, **opts)
+    y = torch.full((n,), label, dtype=torch.long) if label is not None else None
+    return x, y, None
 
 
 def _feature_spec(cfg: Config, feature_net: str | None) -> tuple[str, str | None]:
@@ -265,32 +288,35 @@ def evaluate_checkpoint(
     if guidance is not None:
         _check_finite(guidance, "guidance scale")
     try:
-        net, schedule, cfg, state = load_model(ckpt, use_ema=use_ema)
+        model = load_run(ckpt, use_ema=use_ema)
     except CheckpointError as e:
         raise CheckpointError(f"cannot evaluate {ckpt}: {e}") from None
+    cfg, state = model.cfg, model.state
+    diffusion = isinstance(model, DiffusionModel)
     report: dict[str, Any] = {
         "checkpoint": str(state.get("path", ckpt)),
         "step": state.get("step"),
         "metrics": names,
     }
     if sample_metrics:
-        k = num_classes(net)
-        if label is not None and k is not None:
-            class_labels(1, k, label)  # fail before sampling
         t0 = time.perf_counter()
-        x, y, nfe = guided_generate(
-            net, schedule, cfg, n, seed, solver, steps, label, unconditional, guidance, classifier, batch_size, progress
-        )
+        if diffusion:
+            k = model.num_classes
+            if label is not None and k is not None:
+                class_labels(1, k, label)  # fail before sampling
+            x, y, nfe = guided_generate(
+                model, n, seed, solver, steps, label, unconditional, guidance, classifier, batch_size, progress
+            )
+            report.update(
+                solver=solver or cfg.sample.solver,
+                steps=steps or cfg.sample.steps,
+                guidance=guidance,
+                guidance_kind=None if guidance is None else ("classifier" if classifier is not None else "cfg"),
+            )
+        else:
+            x, y, nfe = _plain_generate(model, n, seed, label, batch_size, progress, guidance, classifier)
         report.update(
-            solver=solver or cfg.sample.solver,
-            steps=steps or cfg.sample.steps,
-            nfe=nfe,
-            n=n,
-            seed=seed,
-            guidance=guidance,
-            guidance_kind=None if guidance is None else ("classifier" if classifier is not None else "cfg"),
-            conditional=y is not None,
-            sample_seconds=time.perf_counter() - t0,
+            nfe=nfe, n=n, seed=seed, conditional=y is not None, sample_seconds=time.perf_counter() - t0, kind=model.kind
         )
         if "accuracy" in sample_metrics and y is None:
             raise ValueError("metric 'accuracy' needs class-conditional samples (a conditional model or a classifier)")
@@ -311,7 +337,11 @@ def evaluate_checkpoint(
         )
         report["n_real"] = n_real
     if "nll" in names:
-        report.update(test_bits_per_dim(net, schedule, cfg, nll_n, rtol=nll_rtol, vlb_terms=nll_vlb_terms, seed=seed))
+        if not diffusion or model.net is None:
+            raise ValueError(f"metric 'nll' needs a diffusion model, this run is a {model.kind} model")
+        report.update(
+            test_bits_per_dim(model.net, model.schedule, cfg, nll_n, rtol=nll_rtol, vlb_terms=nll_vlb_terms, seed=seed)
+        )
     if out is not None:
         write_report(report, out)
     return report

@@ -8,7 +8,7 @@ function of (seed, step), so a resumed training run sees exactly the batches it 
 have seen.  This package imports no diffusion code.
 """
 
-from difflab.data.batches import batches, epoch_permutation
+from difflab.data.batches import batch_stream, batches, epoch_permutation
 from difflab.data.images import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -26,6 +26,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "TOY_NAMES",
     "ImageData",
+    "batch_stream",
     "batches",
     "digits",
     "epoch_permutation",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from difflab.nn.classifier import ConvClassifier
 
-__all__ = ["ADAPT", "SHIPPED", "FeatureNet", "feature_net", "load_classifier", "shipped_info"]
+__all__ = ["ADAPT", "SHIPPED", "FeatureNet", "adapt_images", "feature_net", "load_classifier", "shipped_info"]
 
 SHIPPED = ("digits", "fashion_mnist")
 ADAPT = (None, "resize", "center_crop")
@@ -59,6 +59,20 @@ def load_classifier(name: str, weights_dir: str | Path | None = None) -> ConvCla
     net = ConvClassifier(**info["config"])
     net.load_state_dict(load_file(str(_weights_dir(weights_dir) / f"{name}_classifier.safetensors")))
     return net.eval().requires_grad_(False)
+
+
+def adapt_images(x: Tensor, h: int, w: int, adapt: str | None) -> Tensor:
+    """Bring images (B, C, H', W') to h x w: ``"resize"`` (bilinear, antialiased) or
+    ``"center_crop"`` (larger images, e.g. Fashion-MNIST padded 28 -> 32, cropped to the centre)."""
+    if adapt == "resize":
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    if adapt != "center_crop":
+        raise ValueError(f"adapt must be 'resize' or 'center_crop' to change the image size, got {adapt!r}")
+    big_h, big_w = x.shape[-2:]
+    if big_h < h or big_w < w:
+        raise ValueError(f"cannot centre-crop {big_h}x{big_w} images to {h}x{w}; use adapt='resize'")
+    top, left = (big_h - h) // 2, (big_w - w) // 2
+    return x[..., top : top + h, left : left + w]
 
 
 class FeatureNet:
@@ -125,13 +139,7 @@ class FeatureNet:
         return x.clamp(-1, 1)  # samplers overshoot slightly; the classifier saw [-1, 1]
 
     def _adapt(self, x: Tensor, h: int, w: int) -> Tensor:
-        if self.adapt == "resize":
-            return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        big_h, big_w = x.shape[-2:]
-        if big_h < h or big_w < w:
-            raise ValueError(f"cannot centre-crop {big_h}x{big_w} images to {h}x{w}; use adapt='resize'")
-        top, left = (big_h - h) // 2, (big_w - w) // 2
-        return x[..., top : top + h, left : left + w]
+        return adapt_images(x, h, w, self.adapt)
 
     @torch.no_grad()
     def _batched(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

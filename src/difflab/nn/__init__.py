@@ -10,19 +10,35 @@ from typing import Any
 
 from torch import nn
 
+from difflab.nn.autoencoder import AutoencoderKL
 from difflab.nn.controlnet import ControlledUNet, ControlNet
+from difflab.nn.discriminator import PatchDiscriminator
+from difflab.nn.dit import DiT
 from difflab.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
 from difflab.nn.mlp import MLP
+from difflab.nn.noisy_classifier import NoisyClassifier
 from difflab.nn.unet import UNet
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet, "controlnet": ControlNet}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "autoencoder_kl": AutoencoderKL,
+    "controlnet": ControlNet,
+    "dit": DiT,
+    "mlp": MLP,
+    "noisy_classifier": NoisyClassifier,
+    "patch_discriminator": PatchDiscriminator,
+    "unet": UNet,
+}
 
 __all__ = [
     "MLP",
     "NETWORKS",
+    "AutoencoderKL",
     "ControlNet",
     "ControlledUNet",
+    "DiT",
     "FourierEmbedding",
+    "NoisyClassifier",
+    "PatchDiscriminator",
     "SinusoidalEmbedding",
     "UNet",
     "build",
@@ -31,7 +47,7 @@ __all__ = [
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
-    """Build a network by name (``mlp``, ``unet``, ``controlnet``) with the given constructor arguments."""
+    """Build a network by name (a key of :data:`NETWORKS`) with the given constructor arguments."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid: {', '.join(sorted(NETWORKS))}")
     try:

@@ -82,6 +82,17 @@ class ConvClassifier(nn.Module):
         """Class logits, shape (B, num_classes)."""
         return self.head(self.features(x))
 
+    def layer_features(self, x: Tensor) -> list[Tensor]:
+        """The activations after every conv block's ReLU (before its pooling), shallow to deep:
+        for 28x28 inputs and widths (32, 64, 64), maps of (32, 28, 28), (64, 14, 14), (64, 7, 7).
+        The taps of the perceptual distance (:mod:`difflab.metrics.perceptual`)."""
+        out = []
+        for m in self.body:
+            x = m(x)
+            if isinstance(m, nn.ReLU):
+                out.append(x)
+        return out
+
     def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.features(x)
         return f, self.head(f)

@@ -39,22 +39,26 @@ def _zero(m: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """ADM residual block with scale-shift conditioning (Dhariwal & Nichol 2021, Sec. 3)."""
+    """ADM residual block with scale-shift conditioning (Dhariwal & Nichol 2021, Sec. 3);
+    ``emb_dim=None`` drops the conditioning (the plain ResNet block of the LDM autoencoder)."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, groups: int) -> None:
+    def __init__(self, cin: int, cout: int, emb_dim: int | None, dropout: float, groups: int) -> None:
         super().__init__()
         self.norm1 = _norm(cin, groups)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.emb = nn.Linear(emb_dim, 2 * cout) if emb_dim is not None else None
         self.norm2 = _norm(cout, groups)
         self.drop = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        if self.emb is not None:
+            scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h)
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
 

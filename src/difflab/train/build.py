@@ -23,6 +23,8 @@ __all__ = [
     "build_network",
     "build_schedule",
     "build_solver",
+    "caption_bank",
+    "prompt_context",
     "sample_grid",
 ]
 
@@ -54,31 +56,44 @@ def build_schedule(name: str, args: dict[str, Any]) -> Schedule:
 
 
 def build_network(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
-    """The network for data of per-item ``shape``: in_channels / image_size / dim are filled in
-    from the data unless set; ``learned_variance`` doubles the outputs."""
+    """The network ``cfg.network`` for data of per-item ``shape``: the arguments its constructor
+    takes from the data (``in_channels`` with ``image_size`` / ``input_size`` for images, ``dim``
+    for flat data) are filled in unless set; ``num_classes = true`` becomes the data's class count;
+    ``learned_variance`` doubles the outputs; text conditioning sets ``context_dim``."""
+    import inspect
+
+    if cfg.network not in dl_nn.NETWORKS:
+        raise ConfigError(f"model.network = {cfg.network!r} is not one of {', '.join(sorted(dl_nn.NETWORKS))}")
+    params = inspect.signature(dl_nn.NETWORKS[cfg.network]).parameters
     args = dict(cfg.args)
-    if cfg.network == "unet":
+    size_key = next((k for k in ("image_size", "input_size") if k in params), None)
+    if size_key is not None:
         if len(shape) != 3:
-            raise ConfigError(f"model.network = 'unet' needs image data, got items of shape {shape}")
+            raise ConfigError(f"model.network = {cfg.network!r} needs image data, got items of shape {shape}")
         args.setdefault("in_channels", shape[0])
-        args.setdefault("image_size", shape[1])
-        if cfg.learned_variance:
-            args["learned_variance"] = True
-        if args["in_channels"] != shape[0] or args["image_size"] != shape[1]:
+        args.setdefault(size_key, shape[1])
+        if args["in_channels"] != shape[0] or args[size_key] != shape[1]:
             raise ConfigError(
-                f"model.args in_channels={args['in_channels']}, image_size={args['image_size']} do not match the data {shape}"
+                f"model.args in_channels={args['in_channels']}, {size_key}={args[size_key]} do not match the data {shape}"
             )
-    else:
+    elif "dim" in params:
         if len(shape) != 1:
-            raise ConfigError(f"model.network = 'mlp' needs flat data (toy2d), got items of shape {shape}")
+            raise ConfigError(f"model.network = {cfg.network!r} needs flat data (toy2d), got items of shape {shape}")
         args.setdefault("dim", shape[0])
-        if cfg.learned_variance:
+    if cfg.learned_variance:
+        if "learned_variance" in params:
+            args["learned_variance"] = True
+        elif "out_dim" in params:
             args["out_dim"] = 2 * shape[0]
+        else:
+            raise ConfigError(f"model.learned_variance: network {cfg.network!r} cannot predict variances")
     if num_classes is not None and args.get("num_classes") is True:
         args["num_classes"] = num_classes
     if cfg.captions is not None:
-        if cfg.network != "unet":
-            raise ConfigError("model.captions (text conditioning) needs model.network = 'unet'")
+        if "context_dim" not in params:
+            raise ConfigError(
+                f"model.captions (text conditioning) needs a network with cross-attention, not {cfg.network!r}"
+            )
         from difflab.text import TextEncoder
 
         args.setdefault("context_dim", TextEncoder.dim)
@@ -135,6 +150,33 @@ def sample_grid(cfg: SampleConfig, schedule: Schedule, steps: int | None = None)
         return timesteps.get(name, schedule, steps)
     except ValueError as e:
         raise ConfigError(f"sample.grid: {e}") from None
+
+
+def caption_bank(model: ModelConfig, num_classes: int | None):
+    """The caption embeddings a text-conditional model trains on (checks the label count)."""
+    from difflab.text import CaptionBank, TextEncoder, caption_set
+
+    try:
+        nouns = caption_set(model.captions)
+    except ValueError as e:
+        raise ConfigError(f"model.captions: {e}") from None
+    if num_classes is None:
+        raise ConfigError("model.captions (text conditioning) needs a labelled data set")
+    if num_classes > len(nouns):
+        raise ConfigError(
+            f"model.captions = {model.captions!r} captions {len(nouns)} classes, the data has {num_classes}"
+        )
+    return CaptionBank(TextEncoder(model.text_max_length), nouns)
+
+
+def prompt_context(cfg: Config, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Token embeddings of ``prompts`` for a text-conditional model trained with ``cfg``;
+    the empty prompt is the unconditional (null) prompt."""
+    if cfg.model.captions is None:
+        raise ValueError("this model was trained without text (model.captions is not set); it takes no prompt")
+    from difflab.text import TextEncoder
+
+    return TextEncoder(cfg.model.text_max_length).encode(prompts)
 
 
 def default_device() -> torch.device:

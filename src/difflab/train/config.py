@@ -17,12 +17,14 @@ __all__ = [
     "DataConfig",
     "LossConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "SampleConfig",
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
     "from_dict",
     "load_config",
+    "parse_section",
     "to_dict",
 ]
 
@@ -50,7 +52,7 @@ class DataConfig:
 class ModelConfig:
     """The network and what it predicts."""
 
-    network: str = "unet"  # unet | mlp
+    network: str = "unet"  # a difflab.nn.NETWORKS name: unet | mlp | ...
     prediction: str = "eps"  # eps | x0 | v | score | velocity | edm
     learned_variance: bool = False
     time_input: str = "default"  # see difflab.denoiser.Denoiser
@@ -121,6 +123,17 @@ class SampleConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """The training method (see :mod:`difflab.train.objectives`): its registered ``name``, the
+    runs it depends on by role (``teacher``, ``autoencoder``, ``base``: a run directory or a
+    ``checkpoints/step_*`` directory) and its own options ``args`` (checked by the objective)."""
+
+    name: str = "denoising"
+    depends: dict[str, str] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,12 +141,12 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 _CHOICES = {
     ("data", "name"): ("digits", "fashion_mnist", "idx", "folder", "toy2d"),
     ("data", "split"): ("train", "test", "all"),
-    ("model", "network"): ("unet", "mlp"),
     ("model", "prediction"): ("eps", "x0", "v", "score", "velocity", "edm"),
     ("loss", "kind"): ("denoising", "vlb", "hybrid"),
 }
@@ -181,6 +194,34 @@ def _type_name(tp: Any) -> str:
     return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def parse_section(cls: type, values: Any, source: str, name: str) -> Any:
+    """Build the dataclass ``cls`` from the table ``values`` of section ``name``: unknown keys
+    (with a close match suggested) and values of the wrong type are :class:`ConfigError` naming
+    them.  Used for the config's sections and for objectives' ``objective.args``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section [{name}] must be a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [ff.name for ff in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            import difflib
+
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {name}.{key}{hint}; valid keys of [{name}]: {', '.join(valid)}")
+        ok, v = _type_ok(value, hints[key])
+        if not ok:
+            raise ConfigError(f"{source}: {name}.{key} = {value!r} should be {_type_name(hints[key])}")
+        choices = _CHOICES.get((name, key))
+        if choices and v not in choices:
+            raise ConfigError(f"{source}: {name}.{key} = {v!r} is not one of {', '.join(choices)}")
+        if (name, key) in _POSITIVE and v <= 0:
+            raise ConfigError(f"{source}: {name}.{key} = {v!r} must be positive")
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
 def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     """Build a :class:`Config` from nested dicts, rejecting unknown keys and bad values."""
     if not isinstance(d, dict):
@@ -192,31 +233,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     built = {}
     for name, f in sections.items():
         cls = f.default_factory().__class__  # type: ignore[misc]
-        values = d.get(name, {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section [{name}] must be a table, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        valid = [ff.name for ff in dataclasses.fields(cls)]
-        kwargs = {}
-        for key, value in values.items():
-            if key not in hints:
-                import difflib
-
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(
-                    f"{source}: unknown key {name}.{key}{hint}; valid keys of [{name}]: {', '.join(valid)}"
-                )
-            ok, v = _type_ok(value, hints[key])
-            if not ok:
-                raise ConfigError(f"{source}: {name}.{key} = {value!r} should be {_type_name(hints[key])}")
-            choices = _CHOICES.get((name, key))
-            if choices and v not in choices:
-                raise ConfigError(f"{source}: {name}.{key} = {v!r} is not one of {', '.join(choices)}")
-            if (name, key) in _POSITIVE and v <= 0:
-                raise ConfigError(f"{source}: {name}.{key} = {v!r} must be positive")
-            kwargs[key] = v
-        built[name] = cls(**kwargs)
+        built[name] = parse_section(cls, d.get(name, {}), source, name)
     cfg = Config(**built)
     tr = cfg.train
     if tr.batch_size % tr.grad_accum:

@@ -1,11 +1,17 @@
-"""The Trainer: AdamW with linear LR warm-up, gradient clipping and accumulation, EMA with
-warm-up, bf16 autocast, optional torch.compile, atomic checkpoints with exact resume,
-periodic sample grids, CSV (and TensorBoard) logs and a progress bar.
+"""The Trainer: one training loop for every objective (:mod:`difflab.train.objectives`).
 
-Exact resume: the minibatch order is a pure function of (seed, step) (:func:`difflab.data.batches`),
+It owns what every training method needs: the resumable data order, steps and time limits,
+AdamW per parameter group with linear LR warm-up, gradient clipping and accumulation, bf16
+autocast, optional torch.compile, the EMA of the sampled module, atomic checkpoints with exact
+resume, periodic sample grids, CSV (and TensorBoard) logs and a progress bar.  What differs
+between methods -- the modules, their parameter groups, batch -> losses, how to sample -- is the
+objective's (DESIGN: "Training objectives").
+
+Exact resume: the minibatch order is a pure function of (seed, step) (:func:`difflab.data.batch_stream`),
 times / noise / label dropout come from the trainer's own generator, dropout from torch's
-global RNG; both RNG states, the weights, the AdamW moments, the EMA and the step are saved,
-so N steps straight and N/2 + resume + N/2 give the same weights bit for bit.
+global RNG; both RNG states, the weights, the optimizer moments, the EMA, the objective's extra
+state and the step are saved, so N steps straight and N/2 + resume + N/2 give the same weights
+bit for bit.
 """
 
 from __future__ import annotations
@@ -25,19 +31,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from difflab import images
-from difflab.data import batches
-from difflab.denoiser import Denoiser, clip_x0
-from difflab.solvers import sample
-from difflab.train.build import (
-    build_data,
-    build_denoiser,
-    build_loss,
-    build_network,
-    build_schedule,
-    build_solver,
-    sample_grid,
-)
+from difflab import nn as dl_nn
+from difflab.data import batch_stream
+from difflab.train import objectives
+from difflab.train.build import build_data, caption_bank, prompt_context
 from difflab.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -46,9 +43,21 @@ from difflab.train.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from difflab.train.config import Config, ConfigError, ModelConfig, from_dict, to_dict
+from difflab.train.config import Config, ConfigError, from_dict, to_dict
+from difflab.train.models import Model, generate, hash_seed
+from difflab.train.objectives.base import Batch, DataSpec, Dependencies, Objective
+from difflab.train.runs import load_model
 
-__all__ = ["EMA", "Trainer", "TrainingError", "caption_bank", "generate", "load_model", "prompt_context"]
+__all__ = [
+    "EMA",
+    "Trainer",
+    "TrainingError",
+    "caption_bank",
+    "generate",
+    "hash_seed",
+    "load_model",
+    "prompt_context",
+]
 
 
 class TrainingError(RuntimeError):
@@ -90,7 +99,7 @@ def _lr_at(step: int, lr: float, warmup: int) -> float:
 
 def _meta_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match to resume (not steps / logging / sampling)."""
-    return {k: cfg[k] for k in ("data", "model", "schedule", "loss")}
+    return {k: cfg[k] for k in ("data", "model", "schedule", "loss", "objective")}
 
 
 class ThreadTuner:
@@ -124,11 +133,31 @@ class ThreadTuner:
         self.k += 1
 
 
+def network_name(net: nn.Module) -> str | None:
+    """The registry name of a network (:data:`difflab.nn.NETWORKS`), None if it is not registered."""
+    for name, cls in dl_nn.NETWORKS.items():
+        if type(net) is cls:
+            return name
+    return None
+
+
+def _split(batch: Batch, k: int) -> list[Batch]:
+    """``k`` micro-batches of a batch (gradient accumulation)."""
+    if k == 1:
+        return [batch]
+    parts = {name: v.chunk(k) for name, v in batch.items()}
+    return [{name: p[i] for name, p in parts.items()} for i in range(k)]
+
+
 class Trainer:
-    """Train the model described by a :class:`Config` into ``cfg.train.out``.
+    """Train the run described by a :class:`Config` into ``cfg.train.out`` with the objective
+    ``cfg.objective.name`` (default ``denoising``).
 
     ``fit()`` resumes from the newest complete checkpoint in ``out/checkpoints`` when one
-    exists (``resume=False`` starts over and ignores them).
+    exists (``resume=False`` starts over and ignores them).  ``deps`` gives dependencies as
+    ready objects instead of run directories (e.g. an exact teacher in a test); ``data`` gives
+    the data set as tensors ``(items, labels or None)`` instead of ``[data]`` (e.g. samples of
+    an exact mixture; ``cfg.data`` then only names it).
     """
 
     def __init__(
@@ -137,6 +166,8 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         device: str | torch.device = "cpu",
+        deps: dict[str, Any] | None = None,
+        data: tuple[Tensor, Tensor | None] | None = None,
     ) -> None:
         self.cfg, self.progress, self.log = cfg, progress, log
         tc = cfg.train
@@ -145,40 +176,64 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.out = Path(tc.out)
-        self.data, self.labels = build_data(cfg.data)
-        self.schedule = build_schedule(cfg.schedule.name, cfg.schedule.args)
-        num_classes = int(self.labels.max()) + 1 if self.labels is not None else None
+        data, labels = build_data(cfg.data) if data is None else data
+        num_classes = int(labels.max()) + 1 if labels is not None else None
+        self.spec = DataSpec(tuple(data.shape[1:]), num_classes, cfg.data.name)
+        cls = objectives.get(cfg.objective.name)
+        self.deps = Dependencies(dict(cfg.objective.depends), given=dict(deps or {}))
         torch.manual_seed(tc.seed)  # network initialisation
-        self.net = build_network(cfg.model, tuple(self.data.shape[1:]), num_classes).to(self.device)
+        self.objective: Objective = cls(cfg, self.spec, self.deps).to(self.device)
+        self.dataset = self.objective.dataset({"x": data} if labels is None else {"x": data, "y": labels})
         self._memory_format = torch.contiguous_format
         if tc.channels_last:
-            if self.data.dim() != 4:
+            x = self.dataset["x"]
+            if x.dim() != 4:
                 raise ConfigError(
-                    f"train.channels_last needs image data (N, C, H, W); data {cfg.data.name!r} has shape "
-                    f"{tuple(self.data.shape)}"
+                    f"train.channels_last needs image data (N, C, H, W); data {cfg.data.name!r} has shape {tuple(x.shape)}"
                 )
             self._memory_format = torch.channels_last
-            self.net = self.net.to(memory_format=self._memory_format)
-        self.conditional = bool(getattr(self.net, "config", {}).get("num_classes"))
-        if self.conditional and self.labels is None:
-            raise ConfigError("model.args.num_classes is set but the data set has no labels")
-        self.captions = caption_bank(cfg.model, num_classes) if cfg.model.captions else None
-        self.den = build_denoiser(self.net, self.schedule, cfg.model)
-        self.loss_fn = build_loss(cfg, self.schedule)
-        self.solver = build_solver(cfg.sample.solver, cfg.sample.solver_args)
-        sample_grid(cfg.sample, self.schedule)  # validate now, not after an hour of training
-        self.opt = torch.optim.AdamW(
-            self.net.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay
-        )
+            self.net.to(memory_format=self._memory_format)
+        self.model().check()  # validate the sampler now, not after an hour of training
+        if tc.compile:
+            self.objective.compile()
+        self.groups = self.objective.groups()
+        self.opts = {
+            name: torch.optim.AdamW(
+                g.params,
+                lr=tc.lr if g.lr is None else g.lr,
+                betas=g.betas or (tc.beta1, tc.beta2),
+                weight_decay=tc.weight_decay if g.weight_decay is None else g.weight_decay,
+            )
+            for name, g in self.groups.items()
+        }
         self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
         self.gen = torch.Generator().manual_seed(tc.seed + 1)
         self.step = 0
         self.history: list[tuple[int, float]] = []
-        self._fwd_net: nn.Module = torch.compile(self.net) if tc.compile else self.net
-        self._train_den = Denoiser(
-            self._fwd_net, self.schedule, self.den.prediction, self.den.time_input, self.den.learned_variance
-        )
         self._tb = None
+
+    # --- what is trained ----------------------------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        """The objective's primary module (the one sampled and EMA-averaged)."""
+        return self.objective.primary_module
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        """The first parameter group's optimizer (the only one of single-group objectives)."""
+        return next(iter(self.opts.values()))
+
+    @property
+    def schedule(self) -> Any:
+        return getattr(self.objective, "schedule", None)
+
+    @property
+    def data(self) -> Tensor:
+        return self.dataset["x"]
+
+    def model(self, use_ema: bool = True) -> Model:
+        """The generating model of the current (EMA) weights."""
+        return self.objective.model(self.ema.net if use_ema and hasattr(self, "ema") else self.net)
 
     # --- checkpoints --------------------------------------------------------------------
     @property
@@ -186,20 +241,28 @@ class Trainer:
         return self.out / "checkpoints"
 
     def save(self) -> Path:
-        opt_t, groups = optimizer_to_tensors(self.opt)
-        tensors = {
-            "model": self.net.state_dict(),
-            "ema": self.ema.net.state_dict(),
-            "optimizer": opt_t,
-            "rng": {"torch": torch.get_rng_state(), "trainer": self.gen.get_state()},
-        }
-        if self.loss_fn.importance is not None:
-            tensors["extra"] = {f"importance.{k}": v for k, v in self.loss_fn.importance.state_dict().items()}
+        tensors: dict[str, dict[str, Tensor]] = {"model": self.net.state_dict(), "ema": self.ema.net.state_dict()}
+        optimizers = {}
+        for i, (name, opt) in enumerate(self.opts.items()):
+            stem = "optimizer" if i == 0 else f"optimizer_{name}"
+            tensors[stem], groups = optimizer_to_tensors(opt)
+            optimizers[name] = {"file": stem, "groups": groups}
+        tensors["rng"] = {"torch": torch.get_rng_state(), "trainer": self.gen.get_state()}
+        owned = self.objective.owned_state()
+        if owned:
+            tensors["modules"] = owned
+        extra = self.objective.extra_state()
+        if extra:
+            tensors["extra"] = extra
         meta = {
             "config": to_dict(self.cfg),
-            "network": self.cfg.model.network,
-            "net_config": self.net.config,
-            "optimizer_groups": groups,
+            "objective": self.objective.name,
+            "data_spec": self.spec.to_json(),
+            "depends": self.deps.record(),
+            "network": network_name(self.net),
+            "net_config": getattr(self.net, "config", None),
+            "optimizer_groups": next(iter(optimizers.values()))["groups"],
+            "optimizers": optimizers,
             "ema_updates": self.ema.updates,
             "history": self.history[-5000:],
         }
@@ -217,21 +280,25 @@ class Trainer:
             raise CheckpointError(f"{path}: its config no longer loads: {e}") from None
         if _meta_key(saved) != _meta_key(to_dict(self.cfg)):
             raise ConfigError(
-                f"{path} was trained with a different data/model/schedule/loss config; "
+                f"{path} was trained with a different data/model/schedule/loss/objective config; "
                 f"use another train.out or start over with --fresh"
             )
+        # checkpoints written before objectives had one optimizer, described by optimizer_groups
+        optimizers = state.get("optimizers") or {
+            next(iter(self.opts)): {"file": "optimizer", "groups": state["optimizer_groups"]}
+        }
         try:
             self.net.load_state_dict(t["model"])
             self.ema.net.load_state_dict(t["ema"])
-            self.opt.load_state_dict(optimizer_from_tensors(t["optimizer"], state["optimizer_groups"]))
-        except (KeyError, RuntimeError) as e:
+            for name, opt in self.opts.items():
+                o = optimizers[name]
+                opt.load_state_dict(optimizer_from_tensors(t[o["file"]], o["groups"]))
+            self.objective.load_owned_state(t.get("modules", {}))
+            self.objective.load_extra_state(t.get("extra", {}))
+        except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this model: {e}") from None
         torch.set_rng_state(t["rng"]["torch"])
         self.gen.set_state(t["rng"]["trainer"])
-        if self.loss_fn.importance is not None and "extra" in t:
-            self.loss_fn.importance.load_state_dict(
-                {k.split(".", 1)[1]: v for k, v in t["extra"].items() if k.startswith("importance.")}
-            )
         self.ema.updates = state["ema_updates"]
         self.step = state["step"]
         self.history = [tuple(h) for h in state.get("history", [])]
@@ -244,52 +311,63 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, x: Tensor, y: Tensor | None) -> tuple[float, float]:
-        """One optimizer step on the batch (x, y) (split into grad_accum micro-batches); returns (loss, grad norm)."""
+    def _to_device(self, batch: Batch) -> Batch:
+        out = {k: v.to(self.device) for k, v in batch.items()}
+        if self._memory_format is not torch.contiguous_format:
+            out["x"] = out["x"].contiguous(memory_format=self._memory_format)
+        return out
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step of every parameter group on ``batch`` (split into ``grad_accum``
+        micro-batches); returns the logged values (losses averaged over the micro-batches and the
+        gradient norm before clipping; prefixed ``group/`` when there are several groups)."""
         tc = self.cfg.train
-        self.net.train()
-        for g in self.opt.param_groups:
-            g["lr"] = _lr_at(self.step, tc.lr, tc.warmup)
-        self.opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for xm, ym in zip(
-            x.chunk(tc.grad_accum), (y.chunk(tc.grad_accum) if y is not None else [None] * tc.grad_accum)
-        ):
-            cond = {}
-            if self.conditional or self.captions is not None:
-                drop = torch.rand(ym.shape[0], generator=self.gen) < tc.label_dropout
-            if self.conditional:
-                null = self.net.config["num_classes"]
-                cond["y"] = torch.where(drop, torch.full_like(ym, null), ym).to(self.device)
-            if self.captions is not None:  # a random caption of the label, or the empty prompt
-                null = self.captions.num_classes
-                ctx, mask = self.captions.lookup(torch.where(drop, torch.full_like(ym, null), ym), self.gen)
-                cond["context"], cond["context_mask"] = ctx.to(self.device), mask.to(self.device)
-            with self._autocast():
-                xm = xm.to(self.device).contiguous(memory_format=self._memory_format)
-                loss = self.loss_fn(self._train_den, xm, self.gen, **cond)
-            if not torch.isfinite(loss.detach()):
-                last = latest_checkpoint(self.ckpt_dir)
-                raise TrainingError(
-                    f"the loss became {float(loss.detach())} at step {self.step}; stopping. "
-                    + (f"The last good checkpoint is {last}." if last else "No checkpoint was written yet.")
-                    + " Try a lower train.lr, train.grad_clip or disabling train.bf16."
-                )
-            (loss / tc.grad_accum).backward()
-            total += float(loss.detach()) / tc.grad_accum
-        gn = float("nan")
-        if tc.grad_clip:
-            gn = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip))
-        self.opt.step()
+        self.objective.train()
+        micro = [self._to_device(b) for b in _split(batch, tc.grad_accum)]
+        logs: dict[str, float] = {}
+        for name, group in self.groups.items():
+            opt = self.opts[name]
+            lr = _lr_at(self.step, tc.lr if group.lr is None else group.lr, tc.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for mb in micro:
+                with self._autocast():
+                    out = self.objective.loss(name, mb, self.gen, self.step)
+                loss = out["loss"]
+                if not torch.isfinite(loss.detach()):
+                    last = latest_checkpoint(self.ckpt_dir)
+                    where = f" ({name})" if len(self.groups) > 1 else ""
+                    raise TrainingError(
+                        f"the loss{where} became {float(loss.detach())} at step {self.step}; stopping. "
+                        + (f"The last good checkpoint is {last}." if last else "No checkpoint was written yet.")
+                        + " Try a lower train.lr, train.grad_clip or disabling train.bf16."
+                    )
+                (loss / tc.grad_accum).backward()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / tc.grad_accum
+            gn = float("nan")
+            if tc.grad_clip and group.clip:
+                gn = float(torch.nn.utils.clip_grad_norm_(group.params, tc.grad_clip))
+            opt.step()
+            prefix = f"{name}/" if len(self.groups) > 1 else ""
+            logs.update({prefix + k: v for k, v in sums.items()})
+            logs[prefix + "lr"], logs[prefix + "grad_norm"] = lr, gn
         self.ema.update(self.net)
         self.step += 1
-        return total, gn
+        logs.update(self.objective.after_step(self.step))
+        return logs
 
     def _log_row(self, row: dict[str, Any]) -> None:
         p = self.out / "log.csv"
-        new = not p.exists()
+        new = not p.exists() or p.stat().st_size == 0
+        fields = list(row)
+        if not new:  # the columns of the file's header (a resumed run keeps its columns)
+            with open(p, newline="") as f:
+                fields = next(csv.reader(f), fields)
         with open(p, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow(row)
@@ -312,41 +390,40 @@ class Trainer:
         (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
         if resume:
             self.resume()
-        stream = batches(self.data, self.labels, tc.batch_size, seed=tc.seed, start_step=self.step)
+        stream = batch_stream(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.step)
         bar = tqdm(total=tc.steps, initial=self.step, disable=not self.progress, desc="train", unit="it")
         t0 = time.perf_counter()
         t_last, s_last = t0, self.step
-        run_loss, n_loss = 0.0, 0
+        sums: dict[str, float] = {}
+        n_logs = 0
         last_ckpt = None
+        main_loss = "loss" if len(self.groups) == 1 else f"{next(iter(self.groups))}/loss"
         try:
             while self.step < tc.steps:
-                x, y = next(stream)
+                batch = next(stream)
                 if self._tuner:
                     self._tuner.before()
-                loss, gn = self.train_step(x, y)
+                logs = self.train_step(batch)
                 if self._tuner:
                     self._tuner.after()
-                self.history.append((self.step, loss))
-                run_loss, n_loss = run_loss + loss, n_loss + 1
+                self.history.append((self.step, logs[main_loss]))
+                for k, v in logs.items():  # running means since the last log row
+                    sums[k] = sums.get(k, 0.0) + v
+                n_logs += 1
                 bar.update(1)
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     now = time.perf_counter()
                     ips = (self.step - s_last) / max(now - t_last, 1e-9)
-                    row = {
-                        "step": self.step,
-                        "loss": run_loss / n_loss,
-                        "lr": self.opt.param_groups[0]["lr"],
-                        "grad_norm": gn,
-                        "it_per_s": ips,
-                        "threads": torch.get_num_threads(),
-                        "elapsed_s": now - t0,
-                    }
+                    row: dict[str, Any] = {"step": self.step}
+                    for k, v in sums.items():  # lr and grad_norm: the last step's; losses: means
+                        row[k] = logs[k] if k.endswith(("lr", "grad_norm")) else v / n_logs
+                    row.update(it_per_s=ips, threads=torch.get_num_threads(), elapsed_s=now - t0)
                     self._log_row(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", its=f"{ips:.1f}")
-                    t_last, s_last, run_loss, n_loss = now, self.step, 0.0, 0
+                    bar.set_postfix(loss=f"{row[main_loss]:.4f}", its=f"{ips:.1f}")
+                    t_last, s_last, sums, n_logs = now, self.step, {}, 0
                 if tc.ckpt_every and self.step % tc.ckpt_every == 0:
                     last_ckpt = self.save()
-                if tc.sample_every and self.step % tc.sample_every == 0:
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.model().generates:
                     self.save_samples(self.out / "samples" / f"step_{self.step:07d}.png")
                 if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
                     self.log(f"stopping at step {self.step}: train.max_minutes = {tc.max_minutes} reached")
@@ -357,138 +434,19 @@ class Trainer:
         if last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:07d}"):
             last_ckpt = self.save()
         if self.history:
+            from difflab import images
+
             s, lv = zip(*self.history)
             images.save_loss_curve(s, lv, self.out / "loss.png")
         return last_ckpt
 
     # --- sampling -----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, n: int | None = None, seed: int | None = None, use_ema: bool = True, **kw) -> Tensor:
-        """n samples from the (EMA) model with the config's solver and grid."""
+    def generate(self, n: int | None = None, seed: int | None = None, use_ema: bool = True, **kw: Any) -> Tensor:
+        """n samples from the (EMA) model with the config's sampler (``kw``: the model's options)."""
         sc = self.cfg.sample
-        net = self.ema.net if use_ema else self.net
-        return generate(net, self.schedule, self.cfg, n or sc.n, sc.seed if seed is None else seed, **kw)
+        return self.model(use_ema).generate(n or sc.n, sc.seed if seed is None else seed, **kw)
 
     def save_samples(self, path: Path) -> Path:
-        x = self.generate()
-        if x.dim() == 2:
-            return images.save_points(x, path)
-        return images.save_grid(x, path)
-
-
-@torch.no_grad()
-def generate(
-    net: nn.Module,
-    schedule,
-    cfg: Config,
-    n: int,
-    seed: int,
-    solver: str | None = None,
-    steps: int | None = None,
-    batch_size: int = 256,
-    callback: Callable | None = None,
-    progress: bool = False,
-    y: Tensor | None = None,
-    guide: Callable[[Callable[..., Tensor]], Callable[..., Tensor]] | None = None,
-    context: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:
-    """Draw n samples from ``net`` (in eval mode) in batches; seeds are per sample, so the
-    result does not depend on ``batch_size``.  ``guide`` wraps the (clipped) denoiser, e.g.
-    ``lambda den: difflab.guidance.cfg(den, 3.0, null={'y': num_classes})``; ``context`` is
-    (token embeddings (n, L, D), mask (n, L)) for text-conditional models (see
-    :func:`prompt_context`)."""
-    was_training = net.training
-    net.eval()
-    try:
-        den = build_denoiser(net, schedule, cfg.model)
-        if cfg.sample.clip_x0:
-            den = clip_x0(den)
-
-        if guide is not None:
-            den = guide(den)
-        sol = build_solver(solver or cfg.sample.solver, cfg.sample.solver_args if solver is None else {})
-        ts = sample_grid(cfg.sample, schedule, steps)
-        shape = _item_shape(net)
-        out = []
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            seeds = [(seed, start + j) for j in range(m)]
-            gens = [torch.Generator().manual_seed(hash_seed(s, j)) for s, j in seeds]
-            x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]) * schedule.prior_std()
-            cond = {}
-            if y is not None:
-                cond["y"] = y[start : start + m]
-            if context is not None:
-                cond["context"], cond["context_mask"] = (c[start : start + m] for c in context)
-            x = sample(
-                sol,
-                den,
-                schedule,
-                x_T,
-                ts,
-                generator=gens,
-                callback=callback,
-                progress=progress,
-                final_denoise=True,
-                **cond,
-            )
-            out.append(x)
-        return torch.cat(out)
-    finally:
-        net.train(was_training)
-
-
-def caption_bank(model: ModelConfig, num_classes: int | None):
-    """The caption embeddings a text-conditional model trains on (checks the label count)."""
-    from difflab.text import CaptionBank, TextEncoder, caption_set
-
-    try:
-        nouns = caption_set(model.captions)
-    except ValueError as e:
-        raise ConfigError(f"model.captions: {e}") from None
-    if num_classes is None:
-        raise ConfigError("model.captions (text conditioning) needs a labelled data set")
-    if num_classes > len(nouns):
-        raise ConfigError(
-            f"model.captions = {model.captions!r} captions {len(nouns)} classes, the data has {num_classes}"
-        )
-    return CaptionBank(TextEncoder(model.text_max_length), nouns)
-
-
-def prompt_context(cfg: Config, prompts: list[str]) -> tuple[Tensor, Tensor]:
-    """Token embeddings of ``prompts`` for a text-conditional model trained with ``cfg``;
-    the empty prompt is the unconditional (null) prompt."""
-    if cfg.model.captions is None:
-        raise ValueError("this model was trained without text (model.captions is not set); it takes no prompt")
-    from difflab.text import TextEncoder
-
-    return TextEncoder(cfg.model.text_max_length).encode(prompts)
-
-
-def hash_seed(seed: int, index: int) -> int:
-    """Per-sample seed (see :mod:`difflab.random`)."""
-    from difflab.random import sample_seed
-
-    return sample_seed(seed, index, stream=7)
-
-
-def _item_shape(net: nn.Module) -> tuple[int, ...]:
-    c = net.config
-    if "image_size" in c:
-        return (c["in_channels"], c["image_size"], c["image_size"])
-    return (c["dim"],)
-
-
-def load_model(path: str | os.PathLike, use_ema: bool = True) -> tuple[nn.Module, Any, Config, dict[str, Any]]:
-    """(network, schedule, config, state) from a checkpoint directory or a run directory."""
-    from difflab import nn as dl_nn
-
-    state, t = load_checkpoint(path, parts=("ema" if use_ema else "model",))
-    try:
-        cfg = from_dict(state["config"], f"{state['path']}/state.json")
-        net = dl_nn.build(state["network"], **state["net_config"])
-        net.load_state_dict(t["ema" if use_ema else "model"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{state['path']} is not a usable difflab model checkpoint: {e}") from None
-    schedule = build_schedule(cfg.schedule.name, cfg.schedule.args)
-    return net.eval(), schedule, cfg, state
+        model = self.model()
+        return model.save_png(model.generate(self.cfg.sample.n, self.cfg.sample.seed), path)
