@@ -6,7 +6,7 @@ TORCH ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-torch-$(TORCH)
-EXTRAS ?= dev,text,interop
+EXTRAS ?= dev,text,interop,retrieval
 
 .PHONY: venv test demo lint bench clean
 
