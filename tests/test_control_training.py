@@ -1,0 +1,66 @@
+"""Control and editing methods as objectives of the one Trainer: ControlNet on a frozen base run,
+SDXL micro-conditioning on random crops, the low-noise refiner, retrieval-conditioned training."""
+
+import json
+
+import pytest
+import torch
+
+from difflab.data import hints
+from difflab.train import ConfigError, Trainer, load_config, load_run
+
+QUIET = dict(progress=False, log=lambda s: None)
+TINY = [
+    "data.name='digits'",
+    "data.limit=64",
+    "model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[4], head_channels=8, groups=4, num_classes=true}",
+    "train.batch_size=8",
+    "train.warmup=2",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.ckpt_every=3",
+    "train.threads=1",
+    "sample.steps=3",
+    "sample.n=4",
+    "sample.solver='ddim'",
+]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    Trainer(load_config(None, [*TINY, f"train.out='{out}'", "train.steps=3"]), **QUIET).fit()
+    return out
+
+
+def test_controlnet_trains_on_a_frozen_base_and_samples_with_a_hint(base_run, tmp_path):
+    cfg = load_config(None, [*TINY, f"train.out='{tmp_path}'", "train.steps=4", "objective.name='controlnet'",
+                             f"objective.depends={{base='{base_run}'}}", "objective.args={hint='edges'}"])
+    tr = Trainer(cfg, **QUIET)
+    base_before = {k: v.clone() for k, v in tr.objective.base.state_dict().items()}
+    zero_before = tr.net.mid_zero.weight.clone()
+    tr.fit()
+    assert all(torch.equal(v, tr.objective.base.state_dict()[k]) for k, v in base_before.items())  # frozen
+    assert not torch.equal(zero_before, tr.net.mid_zero.weight)  # the zero convolutions learned
+    state = json.loads(next((tmp_path / "checkpoints").glob("step_*/state.json")).read_text())
+    assert state["objective"] == "controlnet" and state["network"] == "controlnet"
+    assert state["depends"]["base"]["sha256"]  # the base is recorded by checksum
+    model = load_run(tmp_path)
+    from difflab.data import digits
+
+    x, _ = digits(limit=4)
+    h = hints.edges(x)
+    a = model.generate(4, seed=0, hint=h, label=3)
+    b = model.generate(4, seed=0, label=3)  # no hint: the base alone
+    base = load_run(base_run).generate(4, seed=0, label=3)
+    assert a.shape == (4, 1, 8, 8) and torch.equal(b, base) and not torch.equal(a, b)
+    g = model.generate(4, seed=0, hint=h[:1], label=3, guidance=2.0)  # one hint for all, kept in both branches
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="hints of shape"):
+        model.generate(2, hint=torch.zeros(1, 1, 16, 16))
+
+
+def test_controlnet_needs_a_base_run(tmp_path):
+    cfg = load_config(None, [*TINY, f"train.out='{tmp_path}'", "objective.name='controlnet'"])
+    with pytest.raises(ConfigError, match="objective.depends.base"):
+        Trainer(cfg, **QUIET)
