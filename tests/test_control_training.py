@@ -64,3 +64,38 @@ def test_controlnet_needs_a_base_run(tmp_path):
     cfg = load_config(None, [*TINY, f"train.out='{tmp_path}'", "objective.name='controlnet'"])
     with pytest.raises(ConfigError, match="objective.depends.base"):
         Trainer(cfg, **QUIET)
+
+
+def _png(path, arr):
+    from PIL import Image
+
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def test_cli_edit_and_control(base_run, tmp_path):
+    import numpy as np
+
+    from difflab.cli import main
+
+    img = np.zeros((8, 8), dtype=np.uint8)
+    img[2:6, 2:6] = 200
+    image = _png(tmp_path / "in.png", img)
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 255
+    m = _png(tmp_path / "mask.png", mask)
+    out = tmp_path / "out.npz"
+    assert main(["edit", str(base_run), "--image", image, "--mask", m, "--out", str(out), "--n", "2", "--label", "1"]) == 0
+    x = np.load(out)["samples"]
+    assert x.shape == (2, 1, 8, 8) and np.allclose(x[:, 0, :, :4], img[None, :, :4] / 255.0, atol=1e-6)  # kept
+    assert main(["edit", str(base_run), "--image", image, "--strength", "0", "--out", str(out)]) == 0
+    assert np.allclose(np.load(out)["samples"][0, 0], img / 255.0, atol=1e-6)  # strength 0: the input
+    assert main(["edit", str(base_run), "--image", image, "--strength", "0.5", "--out", str(tmp_path / "o.png")]) == 0
+    grey = mask.copy()
+    grey[0, 0] = 128
+    assert main(["edit", str(base_run), "--image", image, "--mask", _png(tmp_path / "g.png", grey)]) == 2
+    assert main(["edit", str(base_run), "--image", image, "--strength", "1.5"]) == 2
+    big = _png(tmp_path / "big.png", np.zeros((16, 16), dtype=np.uint8))
+    assert main(["edit", str(base_run), "--image", big, "--strength", "0.5"]) == 2
+    assert main(["sample", str(base_run), "--control", image]) == 2  # not a ControlNet run
+    assert main(["sample", str(base_run), "--crop", "0,0"]) == 2  # not micro-conditioned
