@@ -99,3 +99,69 @@ def test_cli_edit_and_control(base_run, tmp_path):
     assert main(["edit", str(base_run), "--image", big, "--strength", "0.5"]) == 2
     assert main(["sample", str(base_run), "--control", image]) == 2  # not a ControlNet run
     assert main(["sample", str(base_run), "--crop", "0,0"]) == 2  # not micro-conditioned
+
+
+def test_refiner_trains_only_on_low_noise_and_hands_over(base_run, tmp_path):
+    from difflab.losses import sample_times
+    from difflab.schedules import DiscreteVP
+
+    t = sample_times("uniform", DiscreteVP.ddpm_linear(), 4000, torch.Generator().manual_seed(0), t_hi=0.2)
+    assert float(t.max()) <= 0.2 and float(t.min()) >= 1e-3 and float(t.max()) > 0.19
+    cfg = load_config(None, [*TINY, f"train.out='{tmp_path}'", "train.steps=2", "objective.name='refiner'"])
+    tr = Trainer(cfg, **QUIET)
+    assert tr.objective.loss_fn.t_max == 0.2
+    tr.fit()
+    base = load_run(base_run)
+    ref = load_run(tmp_path)
+    x = base.generate(3, seed=0, label=1, refiner=str(tmp_path), switch=0.5)  # the last of 3 steps (t = 1/3)
+    same = base.generate(3, seed=0, label=1, refiner=base, switch=0.5)  # itself as refiner: unchanged
+    assert torch.equal(same, base.generate(3, seed=0, label=1)) and not torch.equal(x, same)
+    other = load_config(None, [*TINY, f"train.out='{tmp_path / 'cos'}'", "train.steps=1", "schedule.name='ddpm_cosine'"])
+    Trainer(other, **QUIET).fit()
+    with pytest.raises(ValueError, match="refiner was trained on the schedule"):
+        base.generate(2, refiner=str(tmp_path / "cos"))
+    assert ref.kind == "diffusion"
+
+
+def test_micro_conditioning_objective_records_the_crops(tmp_path):
+    from difflab.train.objectives.micro import rescale_and_crop
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 2:6, 2:6] = 1
+    y, vals = rescale_and_crop(x, 4, 12, torch.Generator().manual_seed(0))
+    o, top, left = vals[:, 0], vals[:, 2], vals[:, 3]
+    assert ((o >= 4) & (o <= 12)).all() and (top <= (o - 8).clamp_min(0)).all() and (left <= (o - 8).clamp_min(0)).all()
+    assert torch.equal(y[o == 8], x[o == 8])  # an original of the native size is the image itself
+    assert ((top[o < 8] == 0) & (left[o < 8] == 0)).all() and (vals[:, 4:] == 8).all()
+    mc = ["model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, head_channels=8, groups=4, micro_conditioning=true}"]
+    cfg = load_config(None, [*TINY, *mc, f"train.out='{tmp_path}'", "train.steps=2", "objective.name='micro'",
+                             "objective.args={min_size=4, max_size=12}"])
+    Trainer(cfg, **QUIET).fit()
+    m = load_run(tmp_path)
+    a, b = m.generate(2, seed=0), m.generate(2, seed=0, crop=(0, 0), orig_size=(8, 8))
+    assert torch.equal(a, b) and not torch.equal(a, m.generate(2, seed=0, crop=(3, 3), orig_size=(12, 12)))
+    bad = load_config(None, [*TINY, f"train.out='{tmp_path / 'b'}'", "objective.name='micro'"])
+    with pytest.raises(ConfigError, match="micro_conditioning"):
+        Trainer(bad, **QUIET)
+
+
+def test_retrieval_objective_excludes_the_query_and_swaps_databases(tmp_path):
+    from difflab.retrieval import RetrievalDatabase
+
+    net = ["model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[4], head_channels=8, groups=4, context_dim=128}"]
+    cfg = load_config(None, [*TINY, *net, f"train.out='{tmp_path}'", "train.steps=2", "objective.name='retrieval'",
+                             "objective.args={feature='digits', k=3, index='exact'}"])
+    tr = Trainer(cfg, **QUIET)
+    nb = tr.dataset["neighbours"]
+    assert nb.shape == (64, 3) and not (nb == torch.arange(64)[:, None]).any()
+    tr.fit()
+    assert (tmp_path / "retrieval" / "index.faiss").is_file()
+    m = load_run(tmp_path)
+    a = m.generate(3, seed=0)
+    db = RetrievalDatabase.load(tmp_path / "retrieval")
+    one = db.subset(db.labels == int(db.labels[0]))
+    b = m.generate(3, seed=0, database=one)
+    assert a.shape == b.shape == (3, 1, 8, 8) and not torch.equal(a, b)
+    wrong = RetrievalDatabase(db.embeddings, "fashion_mnist", index="brute")
+    with pytest.raises(ValueError, match="built with the feature network 'fashion_mnist'"):
+        m.generate(2, database=wrong)
