@@ -79,7 +79,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
         self.cross = None
-        if context_dim is not None:
+        if context_dim:  # None (or 0 / false in a config): no cross-attention
             self.cross_norm = _norm(ch, groups)
             self.cross_q = nn.Linear(ch, ch)
             self.cross_kv = nn.Linear(context_dim, 2 * ch)
