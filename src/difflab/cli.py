@@ -87,6 +87,23 @@ def _ensure_passive_openmp(argv: list[str] | None) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "difflab.cli", *sys.argv[1:]], env)
 
 
+#: ``difflab sample`` options that go to the run's ``Model.generate`` (name -> argparse keywords);
+#: a kind of model that does not take one refuses it by name (``Model.check_options``).
+SAMPLE_OPTIONS: dict[str, dict] = {
+    "solver": {"help": "solver name (default: the run's [sample] solver)"},
+    "steps": {"type": int, "help": "solver steps (default: the run's [sample] steps)"},
+    "grid": {"help": "time grid name (default: the run's [sample] grid; see difflab.timesteps)"},
+    "label": {"type": int, "help": "class label for class-conditional models"},
+    "prompt": {"help": 'text prompt for text-conditional models, e.g. "a photo of a sneaker"'},
+    "guidance": {
+        "type": float,
+        "help": "classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
+    },
+    "refiner": {"help": "a refiner run that denoises below --switch (base + refiner, SDXL / eDiff-I)"},
+    "switch": {"type": float, "help": "time t (t = 0 data) below which the refiner takes over (default 0.2)"},
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="difflab", description="Train and sample diffusion models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -105,25 +122,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
-    s.add_argument("--solver", default=None, help="solver name (default: the config's)")
-    s.add_argument("--steps", type=int, default=None, help="solver steps (default: the config's)")
-    s.add_argument("--grid", default=None, help="time grid name (default: the config's; see difflab.timesteps)")
+    for name, kw in SAMPLE_OPTIONS.items():
+        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kw)
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--out", default="samples.png", help="output .png (grid) or .npz (array 'samples', N x C x H x W in [0, 1])"
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--label", type=int, default=None, help="class label for class-conditional models")
-    s.add_argument(
-        "--prompt", default=None, help='text prompt for text-conditional models, e.g. "a photo of a sneaker"'
-    )
-    s.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
-    )
     s.add_argument("--batch-size", type=int, default=256)
     _control_arguments(s)
 
@@ -135,14 +141,10 @@ def _parser() -> argparse.ArgumentParser:
         "--strength", type=float, default=None, help="noise the image to t0 = strength * t_max (default 1 with --mask)"
     )
     ed.add_argument("--resamplings", type=int, default=None, help="RePaint resamplings when inpainting (default 1)")
-    ed.add_argument("--solver", default=None, help="solver name (default: the config's)")
-    ed.add_argument("--steps", type=int, default=None, help="solver steps for the whole grid (default: the config's)")
-    ed.add_argument("--grid", default=None, help="time grid name (default: the config's)")
+    for name, kw in SAMPLE_OPTIONS.items():
+        ed.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kw)
     ed.add_argument("--n", type=int, default=1, help="number of edits of the image (different seeds)")
     ed.add_argument("--seed", type=int, default=0)
-    ed.add_argument("--label", type=int, default=None, help="class label for class-conditional models")
-    ed.add_argument("--prompt", default=None, help="text prompt for text-conditional models")
-    ed.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w")
     ed.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     ed.add_argument("--batch-size", type=int, default=256)
     ed.add_argument("--out", default="edit.png", help="output .png (the edits) or .npz (array 'samples' in [0, 1])")
@@ -183,8 +185,6 @@ def _parser() -> argparse.ArgumentParser:
 def _control_arguments(p: argparse.ArgumentParser) -> None:
     """The control options of ``sample`` and ``edit``."""
     p.add_argument("--control", default=None, help="control hint PNG for a ControlNet run (e.g. an edge map)")
-    p.add_argument("--refiner", default=None, help="a refiner run that denoises below --switch")
-    p.add_argument("--switch", type=float, default=None, help="time t (t = 0 data) below which the refiner takes over (0.2)")
     p.add_argument("--crop", default=None, help="crop micro-conditioning TOP,LEFT (0,0: an uncropped object)")
     p.add_argument("--orig-size", default=None, help="original-size micro-conditioning H,W or S (the native size: sharp)")
     p.add_argument("--database", default=None, help="retrieval database directory for a retrieval-conditioned run")
@@ -270,8 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def sample_options(args: argparse.Namespace, model) -> dict:
     """The generate() options the user set on the command line (None = not given), checked
     against what the run's model takes."""
-    names = ("solver", "steps", "grid", "label", "prompt", "guidance", "refiner", "switch", "strength", "resamplings")
-    opts = {k: getattr(args, k, None) for k in names}
+    opts = {k: getattr(args, k, None) for k in (*SAMPLE_OPTIONS, "strength", "resamplings")}
     opts = {k: v for k, v in opts.items() if v is not None}
     shape = getattr(model, "shape", None)
     if getattr(args, "control", None) is not None:
