@@ -58,6 +58,17 @@ def test_controlnet_trains_on_a_frozen_base_and_samples_with_a_hint(base_run, tm
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError, match="hints of shape"):
         model.generate(2, hint=torch.zeros(1, 1, 16, 16))
+    # the command line: difflab sample RUN --control hint.png
+    import numpy as np
+
+    from difflab.cli import main
+
+    png = _png(tmp_path / "hint.png", (h[0, 0].numpy() * 255).astype(np.uint8))
+    out = tmp_path / "c.npz"
+    assert main(["sample", str(tmp_path), "--control", png, "--n", "4", "--label", "3", "--out", str(out)]) == 0
+    assert np.allclose(np.load(out)["samples"], (model.generate(4, seed=0, hint=h[:1], label=3).clamp(-1, 1) + 1) / 2, atol=1e-5)
+    big = _png(tmp_path / "big.png", np.zeros((16, 16), dtype=np.uint8))
+    assert main(["sample", str(tmp_path), "--control", big]) == 2  # wrong size: a clear error
 
 
 def test_controlnet_needs_a_base_run(tmp_path):
@@ -120,6 +131,12 @@ def test_refiner_trains_only_on_low_noise_and_hands_over(base_run, tmp_path):
     Trainer(other, **QUIET).fit()
     with pytest.raises(ValueError, match="refiner was trained on the schedule"):
         base.generate(2, refiner=str(tmp_path / "cos"))
+    from difflab.cli import main
+
+    out = tmp_path / "r.npz"
+    assert main(["sample", str(base_run), "--refiner", str(tmp_path), "--switch", "0.5", "--n", "3", "--label", "1",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["sample", str(base_run), "--refiner", str(tmp_path / "cos"), "--n", "2"]) == 2
     assert ref.kind == "diffusion"
 
 
