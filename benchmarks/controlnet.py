@@ -96,7 +96,7 @@ def _adherence(model, x_test, seed, steps=20, control_only=False):
 
 def evaluate_runs(args, results: dict) -> dict:
     torch.set_num_threads(2)
-    x, y = data.fashion_mnist(split="test")
+    x, _y = data.fashion_mnist(split="test")
     xs = x[:200]
     curve = results.setdefault("curve", {})
     for step, path in list_checkpoints(Path(args.out) / "checkpoints"):
@@ -108,7 +108,10 @@ def evaluate_runs(args, results: dict) -> dict:
         if first:
             results["f1_no_control"] = ad["no_control"][0]
         curve[str(step)] = {"f1_control": ad["control"][0]}
-        print(f"step {step}: edge F1 {ad['control'][0]:.3f} with control, {results['f1_no_control']:.3f} without", flush=True)
+        print(
+            f"step {step}: edge F1 {ad['control'][0]:.3f} with control, {results['f1_no_control']:.3f} without",
+            flush=True,
+        )
         _save(results)
     last = list_checkpoints(Path(args.out) / "checkpoints")[-1][1]
     model = load_run(last)
@@ -125,7 +128,9 @@ def evaluate_runs(args, results: dict) -> dict:
         print("FID", fid, flush=True)
         _save(results)
     ad, h = _adherence(model, xs[:10], seed=2)
-    images.save_strip([xs[:10], h * 2 - 1, ad["control"][1], ad["no_control"][1]], RESULTS / "controlnet_strip.png", scale=3)
+    images.save_strip(
+        [xs[:10], h * 2 - 1, ad["control"][1], ad["no_control"][1]], RESULTS / "controlnet_strip.png", scale=3
+    )
     return results
 
 

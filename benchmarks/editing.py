@@ -48,7 +48,11 @@ def main() -> None:
     clf = feature_net("fashion_mnist")
     xs, ys = x[: args.n], y[: args.n]
     guide = strokes(xs)
-    res: dict = {"command": f"python benchmarks/editing.py --run {args.run} --n {args.n}", "run": args.run, "sdedit": {}}
+    res: dict = {
+        "command": f"python benchmarks/editing.py --run {args.run} --n {args.n}",
+        "run": args.run,
+        "sdedit": {},
+    }
     strip = [xs[:8], guide[:8]]
     for s in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
         out = model.generate(args.n, 0, image=guide, strength=s, steps=20) if s > 0 else guide.clone()

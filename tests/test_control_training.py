@@ -34,8 +34,17 @@ def base_run(tmp_path_factory):
 
 
 def test_controlnet_trains_on_a_frozen_base_and_samples_with_a_hint(base_run, tmp_path):
-    cfg = load_config(None, [*TINY, f"train.out='{tmp_path}'", "train.steps=4", "objective.name='controlnet'",
-                             f"objective.depends={{base='{base_run}'}}", "objective.args={hint='edges'}"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            f"train.out='{tmp_path}'",
+            "train.steps=4",
+            "objective.name='controlnet'",
+            f"objective.depends={{base='{base_run}'}}",
+            "objective.args={hint='edges'}",
+        ],
+    )
     tr = Trainer(cfg, **QUIET)
     base_before = {k: v.clone() for k, v in tr.objective.base.state_dict().items()}
     zero_before = tr.net.mid_zero.weight.clone()
@@ -66,7 +75,9 @@ def test_controlnet_trains_on_a_frozen_base_and_samples_with_a_hint(base_run, tm
     png = _png(tmp_path / "hint.png", (h[0, 0].numpy() * 255).astype(np.uint8))
     out = tmp_path / "c.npz"
     assert main(["sample", str(tmp_path), "--control", png, "--n", "4", "--label", "3", "--out", str(out)]) == 0
-    assert np.allclose(np.load(out)["samples"], (model.generate(4, seed=0, hint=h[:1], label=3).clamp(-1, 1) + 1) / 2, atol=1e-5)
+    assert np.allclose(
+        np.load(out)["samples"], (model.generate(4, seed=0, hint=h[:1], label=3).clamp(-1, 1) + 1) / 2, atol=1e-5
+    )
     big = _png(tmp_path / "big.png", np.zeros((16, 16), dtype=np.uint8))
     assert main(["sample", str(tmp_path), "--control", big]) == 2  # wrong size: a clear error
 
@@ -96,7 +107,9 @@ def test_cli_edit_and_control(base_run, tmp_path):
     mask[:, 4:] = 255
     m = _png(tmp_path / "mask.png", mask)
     out = tmp_path / "out.npz"
-    assert main(["edit", str(base_run), "--image", image, "--mask", m, "--out", str(out), "--n", "2", "--label", "1"]) == 0
+    assert (
+        main(["edit", str(base_run), "--image", image, "--mask", m, "--out", str(out), "--n", "2", "--label", "1"]) == 0
+    )
     x = np.load(out)["samples"]
     assert x.shape == (2, 1, 8, 8) and np.allclose(x[:, 0, :, :4], img[None, :, :4] / 255.0, atol=1e-6)  # kept
     assert main(["edit", str(base_run), "--image", image, "--strength", "0", "--out", str(out)]) == 0
@@ -127,7 +140,9 @@ def test_refiner_trains_only_on_low_noise_and_hands_over(base_run, tmp_path):
     x = base.generate(3, seed=0, label=1, refiner=str(tmp_path), switch=0.5)  # the last of 3 steps (t = 1/3)
     same = base.generate(3, seed=0, label=1, refiner=base, switch=0.5)  # itself as refiner: unchanged
     assert torch.equal(same, base.generate(3, seed=0, label=1)) and not torch.equal(x, same)
-    other = load_config(None, [*TINY, f"train.out='{tmp_path / 'cos'}'", "train.steps=1", "schedule.name='ddpm_cosine'"])
+    other = load_config(
+        None, [*TINY, f"train.out='{tmp_path / 'cos'}'", "train.steps=1", "schedule.name='ddpm_cosine'"]
+    )
     Trainer(other, **QUIET).fit()
     with pytest.raises(ValueError, match="refiner was trained on the schedule"):
         base.generate(2, refiner=str(tmp_path / "cos"))
@@ -150,9 +165,20 @@ def test_micro_conditioning_objective_records_the_crops(tmp_path):
     assert ((o >= 4) & (o <= 12)).all() and (top <= (o - 8).clamp_min(0)).all() and (left <= (o - 8).clamp_min(0)).all()
     assert torch.equal(y[o == 8], x[o == 8])  # an original of the native size is the image itself
     assert ((top[o < 8] == 0) & (left[o < 8] == 0)).all() and (vals[:, 4:] == 8).all()
-    mc = ["model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, head_channels=8, groups=4, micro_conditioning=true}"]
-    cfg = load_config(None, [*TINY, *mc, f"train.out='{tmp_path}'", "train.steps=2", "objective.name='micro'",
-                             "objective.args={min_size=4, max_size=12}"])
+    mc = [
+        "model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, head_channels=8, groups=4, micro_conditioning=true}"
+    ]
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            *mc,
+            f"train.out='{tmp_path}'",
+            "train.steps=2",
+            "objective.name='micro'",
+            "objective.args={min_size=4, max_size=12}",
+        ],
+    )
     Trainer(cfg, **QUIET).fit()
     m = load_run(tmp_path)
     a, b = m.generate(2, seed=0), m.generate(2, seed=0, crop=(0, 0), orig_size=(8, 8))
@@ -165,9 +191,20 @@ def test_micro_conditioning_objective_records_the_crops(tmp_path):
 def test_retrieval_objective_excludes_the_query_and_swaps_databases(tmp_path):
     from difflab.retrieval import RetrievalDatabase
 
-    net = ["model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[4], head_channels=8, groups=4, context_dim=128}"]
-    cfg = load_config(None, [*TINY, *net, f"train.out='{tmp_path}'", "train.steps=2", "objective.name='retrieval'",
-                             "objective.args={feature='digits', k=3, index='exact'}"])
+    net = [
+        "model.args={channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[4], head_channels=8, groups=4, context_dim=128}"
+    ]
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            *net,
+            f"train.out='{tmp_path}'",
+            "train.steps=2",
+            "objective.name='retrieval'",
+            "objective.args={feature='digits', k=3, index='exact'}",
+        ],
+    )
     tr = Trainer(cfg, **QUIET)
     nb = tr.dataset["neighbours"]
     assert nb.shape == (64, 3) and not (nb == torch.arange(64)[:, None]).any()

@@ -16,8 +16,16 @@ DDPM = DiscreteVP.ddpm_linear()
 
 
 def _unet(**kw):
-    args = dict(in_channels=1, channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-                image_size=8, head_channels=16, num_classes=3)
+    args = dict(
+        in_channels=1,
+        channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        image_size=8,
+        head_channels=16,
+        num_classes=3,
+    )
     args.update(kw)
     torch.manual_seed(0)
     net = UNet(**args)
@@ -96,7 +104,9 @@ def test_control_scale_and_several_controlnets_sum():
         d1, m1 = cn1(x, t, hint, y=y)
         d2, m2 = cn2(x, t, 1 - hint, y=y)
         both = ControlledUNet(base, [cn1, cn2], scales=[0.5, 2.0])(x, t, y, hint=[hint, 1 - hint])
-        manual = base(x, t, y, down_residuals=[0.5 * a + 2.0 * b for a, b in zip(d1, d2)], mid_residual=0.5 * m1 + 2.0 * m2)
+        manual = base(
+            x, t, y, down_residuals=[0.5 * a + 2.0 * b for a, b in zip(d1, d2)], mid_residual=0.5 * m1 + 2.0 * m2
+        )
         assert torch.allclose(both, manual, atol=1e-6)
         assert not torch.allclose(both, base(x, t, y))
         assert torch.equal(ControlledUNet(base, cn1, scales=0.0)(x, t, y, hint=hint), base(x, t, y))
@@ -152,7 +162,7 @@ def test_controlnet_rebuilds_from_its_config_and_takes_larger_hints():
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(cn(x, t, hint, y=y)[0], again(x, t, hint, y=y)[0]))
     big = ControlNet.from_unet(base, hint_size=32)  # two stride-2 convolutions: 32 -> 8
-    d, m = big(x, t, torch.zeros(4, 1, 32, 32), y=y)
+    d, _m = big(x, t, torch.zeros(4, 1, 32, 32), y=y)
     assert [r.shape for r in d] == [s.shape for s in cn(x, t, hint, y=y)[0]]
 
 
@@ -161,8 +171,17 @@ def test_micro_conditioning_embeddings_are_deterministic_and_distinct():
     torch.manual_seed(0)
     mc = MicroConditioning(64, 32)
     vals = torch.tensor(
-        [[28, 28, 0, 0, 28, 28], [28, 28, 2, 0, 28, 28], [28, 28, 0, 2, 28, 28], [20, 28, 0, 0, 28, 28],
-         [28, 20, 0, 0, 28, 28], [28, 28, 0, 0, 20, 28], [40, 40, 6, 6, 28, 28]], dtype=torch.float32)
+        [
+            [28, 28, 0, 0, 28, 28],
+            [28, 28, 2, 0, 28, 28],
+            [28, 28, 0, 2, 28, 28],
+            [20, 28, 0, 0, 28, 28],
+            [28, 20, 0, 0, 28, 28],
+            [28, 28, 0, 0, 20, 28],
+            [40, 40, 6, 6, 28, 28],
+        ],
+        dtype=torch.float32,
+    )
     f = mc.features(vals)
     assert torch.equal(f, mc.features(vals.clone()))  # deterministic
     e = mc(vals)

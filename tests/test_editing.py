@@ -7,6 +7,7 @@ replacement misses it by tens of standard errors on the same problem (the incohe
 resampling reduces).
 """
 
+import itertools
 import math
 
 import pytest
@@ -141,7 +142,7 @@ def test_repaint_schedule():
     assert repaint_schedule(7, 3, 1) == list(range(8))
     v = repaint_schedule(20, 5, 3)
     assert v[0] == 0 and v[-1] == 20
-    assert all(abs(a - b) == 1 for a, b in zip(v, v[1:]))
+    assert all(abs(a - b) == 1 for a, b in itertools.pairwise(v))
     # jump points at levels 0, 5, 10 (not the top block): each sends the walk up 5 steps twice
     assert len(v) == 21 + 3 * 2 * 2 * 5
     assert v.count(20) == 3 and v.count(4) == 1  # the top block [0, 5] is walked once

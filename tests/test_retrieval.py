@@ -45,14 +45,22 @@ def test_the_query_is_excluded_from_its_own_neighbours():
 
 
 def test_a_swapped_database_returns_only_its_entries_and_feeds_a_unet():
-    db, emb, labels = _db()
+    db, _emb, labels = _db()
     one = db.subset(db.labels == 2)
     assert len(one) == int((labels == 2).sum()) and (one.labels == 2).all()
     ctx = one.random_context(8, 3, seed=1)
     members = one.embeddings
     assert all(((members - c).abs().sum(1) < 1e-6).any() for c in ctx.reshape(-1, 16))
-    net = UNet(in_channels=1, channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
-               image_size=8, head_channels=16, context_dim=16)
+    net = UNet(
+        in_channels=1,
+        channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        image_size=8,
+        head_channels=16,
+        context_dim=16,
+    )
     out = net(torch.randn(8, 1, 8, 8), torch.zeros(8), context=ctx)
     assert out.shape == (8, 1, 8, 8)
 

@@ -186,7 +186,9 @@ def _control_arguments(p: argparse.ArgumentParser) -> None:
     """The control options of ``sample`` and ``edit``."""
     p.add_argument("--control", default=None, help="control hint PNG for a ControlNet run (e.g. an edge map)")
     p.add_argument("--crop", default=None, help="crop micro-conditioning TOP,LEFT (0,0: an uncropped object)")
-    p.add_argument("--orig-size", default=None, help="original-size micro-conditioning H,W or S (the native size: sharp)")
+    p.add_argument(
+        "--orig-size", default=None, help="original-size micro-conditioning H,W or S (the native size: sharp)"
+    )
     p.add_argument("--database", default=None, help="retrieval database directory for a retrieval-conditioned run")
 
 
@@ -344,7 +346,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     _save_samples(x, Path(args.out), model)
     what = "inpainted" if args.mask else f"SDEdit at strength {args.strength}"
-    print(f"{args.n} edit(s) ({what}) of {args.image} with {model.state['path']} in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    print(
+        f"{args.n} edit(s) ({what}) of {args.image} with {model.state['path']} in {time.perf_counter() - t0:.1f} s -> {args.out}"
+    )
     return 0
 
 

@@ -217,7 +217,9 @@ class Replacement:
         grid points of the whole batch in one call, concatenated along the batch."""
         b = self.image.shape[0]
         if like.shape[1:] != self.image.shape[1:] or like.shape[0] % b:
-            raise ValueError(f"state of shape {tuple(like.shape)} does not match the known image {tuple(self.image.shape)}")
+            raise ValueError(
+                f"state of shape {tuple(like.shape)} does not match the known image {tuple(self.image.shape)}"
+            )
         v = v.to(like.dtype)
         return v if like.shape[0] == b else v.repeat(like.shape[0] // b, *([1] * (v.dim() - 1)))
 
@@ -435,8 +437,10 @@ def inpaint_smc(
         path.append(schedule.transition(path[-1], times[i + 1], times[i], path_noise.next(shape, dtype)))
     path = [p.repeat_interleave(K, 0) for p in reversed(path)]
     mk = m.expand(image.shape).repeat_interleave(K, 0)
-    big = {k: (v.repeat_interleave(K, 0) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == B else v)
-           for k, v in cond.items()}
+    big = {
+        k: (v.repeat_interleave(K, 0) if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == B else v)
+        for k, v in cond.items()
+    }
     x = torch.where(mk, step_noise.next(shape, dtype) * float(schedule.sigma(times[0])), path[0])
     logw = torch.zeros(B, K, dtype=torch.float64)
     nfe = 0

@@ -61,7 +61,11 @@ def check_experts(
 ) -> None:
     """Raise a ValueError naming what differs if a refiner does not fit its base model: another
     schedule or another data shape (None: unknown, not checked)."""
-    if base_schedule is not None and refiner_schedule is not None and not same_schedule(base_schedule, refiner_schedule):
+    if (
+        base_schedule is not None
+        and refiner_schedule is not None
+        and not same_schedule(base_schedule, refiner_schedule)
+    ):
         raise ValueError(
             f"the refiner was trained on the schedule {refiner_schedule!r}, the base on {base_schedule!r}: "
             "experts must share the schedule (the same t must mean the same noise level)"
@@ -103,7 +107,9 @@ class Handover:
         # mixed times (a parallel solver's window): each expert on its own samples
         out = torch.empty_like(x)
         for expert, sel in ((self.refiner, low), (self.base, ~low)):
-            sub = {k: (v[sel] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == x.shape[0] else v)
-                   for k, v in cond.items()}
+            sub = {
+                k: (v[sel] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == x.shape[0] else v)
+                for k, v in cond.items()
+            }
             out[sel] = expert(x[sel], tb[sel], **sub).to(x.dtype)
         return out

@@ -157,7 +157,9 @@ class RetrievalDatabase:
     def check(self, feature: str, checksum: str | None = None, dim: int | None = None) -> None:
         """Raise a ValueError unless this database was made by the feature network ``feature``
         (with weights of ``checksum``, when given) and has embeddings of ``dim``."""
-        if feature != self.feature or (checksum is not None and self.checksum is not None and checksum != self.checksum):
+        if feature != self.feature or (
+            checksum is not None and self.checksum is not None and checksum != self.checksum
+        ):
             raise ValueError(
                 f"this retrieval database was built with the feature network {self.feature!r} "
                 f"(weights {self.checksum}), the model was trained with {feature!r} (weights {checksum}); "
@@ -175,7 +177,9 @@ class RetrievalDatabase:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         extra = 0 if exclude is None else 1
         if k + extra > len(self):
-            raise ValueError(f"cannot retrieve {k} neighbours{' besides the query' if extra else ''} from {len(self)} entries")
+            raise ValueError(
+                f"cannot retrieve {k} neighbours{' besides the query' if extra else ''} from {len(self)} entries"
+            )
         q = _normalise(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have {q.shape[1]} features, the database {self.dim}")
@@ -253,7 +257,9 @@ class RetrievalDatabase:
             raise ValueError(f"{mp} is not a difflab retrieval database (format {meta.get('format')!r})")
         t = load_file(str(d / "embeddings.safetensors"))
         if t["embeddings"].shape != (meta["n"], meta["dim"]):
-            raise ValueError(f"{d}: embeddings of shape {tuple(t['embeddings'].shape)}, database.json says {meta['n']} x {meta['dim']}")
+            raise ValueError(
+                f"{d}: embeddings of shape {tuple(t['embeddings'].shape)}, database.json says {meta['n']} x {meta['dim']}"
+            )
         db = cls.__new__(cls)
         db.embeddings, db.labels = t["embeddings"], t.get("labels")
         db.feature, db.checksum = meta["feature"], meta["feature_checksum"]

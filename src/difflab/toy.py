@@ -167,7 +167,9 @@ class GaussianMixture:
         a class as well.  Needs each component's S_kk to be non-singular."""
         idx = torch.as_tensor(known, dtype=torch.long).flatten()
         if idx.numel() == 0 or idx.numel() >= self.dim or len(set(idx.tolist())) != idx.numel():
-            raise ValueError(f"known must list distinct coordinates, at least one and not all {self.dim}: {idx.tolist()}")
+            raise ValueError(
+                f"known must list distinct coordinates, at least one and not all {self.dim}: {idx.tolist()}"
+            )
         if int(idx.min()) < 0 or int(idx.max()) >= self.dim:
             raise ValueError(f"known coordinates {idx.tolist()} are outside 0..{self.dim - 1}")
         xk = torch.as_tensor(values, dtype=_F64).flatten()

@@ -39,6 +39,7 @@ def _out(h: np.ndarray) -> Tensor:
 def _gradients(g: np.ndarray, blur: float) -> tuple[np.ndarray, np.ndarray]:
     if blur > 0:
         g = ndimage.gaussian_filter(g, sigma=(0, blur, blur), mode="nearest")
+
     # Sobel = derivative [-1, 0, 1] along one image axis, smoothing [1, 2, 1] along the other
     # (ndimage.sobel would also smooth across the batch axis)
     def sob(axis: int, other: int) -> np.ndarray:

@@ -60,7 +60,9 @@ class HintEncoder(nn.Module):
     """E(c): conv3x3 -> SiLU, one stride-2 conv3x3 -> SiLU per halving of the hint size, conv3x3 ->
     SiLU and a zero-initialised conv3x3 to the U-Net's input width (Zhang et al. 2023, Sec. 3.2)."""
 
-    def __init__(self, hint_channels: int, out_channels: int, downsample: int, widths: Sequence[int] = (16, 32)) -> None:
+    def __init__(
+        self, hint_channels: int, out_channels: int, downsample: int, widths: Sequence[int] = (16, 32)
+    ) -> None:
         super().__init__()
         w = list(widths)
         layers: list[nn.Module] = [nn.Conv2d(hint_channels, w[0], 3, padding=1), nn.SiLU()]
@@ -143,14 +145,21 @@ class ControlNet(UNetEncoder):
         cn = cls(unet.config, hint_channels, hint_size, **kw)
         own = set(cn.state_dict())
         weights = {k: copy.deepcopy(v) for k, v in unet.state_dict().items() if k.split(".")[0] in ENCODER_PARTS}
-        missing = [k for k in cn.load_state_dict(weights, strict=False).missing_keys if k.split(".")[0] in ENCODER_PARTS]
+        missing = [
+            k for k in cn.load_state_dict(weights, strict=False).missing_keys if k.split(".")[0] in ENCODER_PARTS
+        ]
         if missing or not set(weights) <= own:
             raise ValueError(f"the U-Net's encoder does not match the copy: missing {missing[:3]}")
         return cn.to(next(unet.parameters()).dtype)
 
     def check_hint(self, hint: Tensor, x: Tensor) -> None:
         want = (x.shape[0], self.hint_channels, self.hint_size, self.hint_size)
-        if not isinstance(hint, Tensor) or hint.dim() != 4 or hint.shape[1:] != want[1:] or hint.shape[0] not in (1, x.shape[0]):
+        if (
+            not isinstance(hint, Tensor)
+            or hint.dim() != 4
+            or hint.shape[1:] != want[1:]
+            or hint.shape[0] not in (1, x.shape[0])
+        ):
             got = tuple(hint.shape) if isinstance(hint, Tensor) else type(hint).__name__
             raise ValueError(
                 f"this ControlNet takes hints of shape {want} ({self.hint_channels} channel(s), "
@@ -210,8 +219,11 @@ class ControlledUNet(nn.Module):
             if not isinstance(cn, ControlNet):
                 raise TypeError(f"controls[{i}] is a {type(cn).__name__}, not a ControlNet")
             if cn.config["unet_checksum"] != want:
-                diff = sorted(k for k in set(base.config) | set(cn.config["unet_config"])
-                              if base.config.get(k) != cn.config["unet_config"].get(k))
+                diff = sorted(
+                    k
+                    for k in set(base.config) | set(cn.config["unet_config"])
+                    if base.config.get(k) != cn.config["unet_config"].get(k)
+                )
                 raise ValueError(
                     f"ControlNet {i} was built for another U-Net (config checksum {cn.config['unet_checksum']}, "
                     f"this U-Net's is {want}; they differ in {', '.join(diff) or 'the config'})"

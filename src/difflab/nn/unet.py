@@ -324,7 +324,9 @@ class UNet(UNetEncoder):
         hs, h = self.encode(self.inp(x), emb, context, context_mask)
         if down_residuals is not None:  # ControlNet (Zhang et al. 2023, eq. 2): added to every skip
             if len(down_residuals) != len(hs):
-                raise ValueError(f"down_residuals needs one tensor per skip connection ({len(hs)}), got {len(down_residuals)}")
+                raise ValueError(
+                    f"down_residuals needs one tensor per skip connection ({len(hs)}), got {len(down_residuals)}"
+                )
             hs = [a + r for a, r in zip(hs, down_residuals)]
         if mid_residual is not None:
             h = h + mid_residual

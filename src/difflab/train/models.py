@@ -347,19 +347,21 @@ class DiffusionModel(Model):
         return (x, nfe) if return_nfe else x
 
     # --- control and editing ------------------------------------------------------------------
-    def micro_conditioning(
-        self, n: int, crop: Sequence[int] | None, orig_size: Sequence[int] | None
-    ) -> Tensor | None:
+    def micro_conditioning(self, n: int, crop: Sequence[int] | None, orig_size: Sequence[int] | None) -> Tensor | None:
         """SDXL micro-conditioning values (n, 6) = (orig h, w, crop top, left, target h, w), or None."""
         if crop is None and orig_size is None:
             return None
         if not getattr(self.net, "config", {}).get("micro_conditioning"):
-            raise ValueError("crop / orig_size need a model trained with micro-conditioning (model.args.micro_conditioning)")
+            raise ValueError(
+                "crop / orig_size need a model trained with micro-conditioning (model.args.micro_conditioning)"
+            )
         size = self.shape[-1]
         crop = (0, 0) if crop is None else tuple(crop)
         orig = (size, size) if orig_size is None else tuple(orig_size)
         if len(crop) != 2 or len(orig) != 2 or min(*crop) < 0 or min(*orig) < 1:
-            raise ValueError(f"crop must be (top, left) >= 0 and orig_size (h, w) >= 1, got crop={crop}, orig_size={orig}")
+            raise ValueError(
+                f"crop must be (top, left) >= 0 and orig_size (h, w) >= 1, got crop={crop}, orig_size={orig}"
+            )
         return torch.tensor([[*orig, *crop, size, size]], dtype=torch.float32).expand(n, 6)
 
     def handover(self, den: DenoiserFn, refiner: Any, switch: float) -> DenoiserFn:

@@ -116,7 +116,9 @@ class ControlNetTraining(Objective):
 
     def model(self, net: nn.Module) -> ControlledModel:
         cfg = dataclasses.replace(self.cfg, model=self.base_cfg.model, schedule=self.base_cfg.schedule)
-        return ControlledModel(ControlledUNet(self.base, net), self.schedule, cfg, shape=self.spec.shape, hint_name=self.args.hint)
+        return ControlledModel(
+            ControlledUNet(self.base, net), self.schedule, cfg, shape=self.spec.shape, hint_name=self.args.hint
+        )
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.net.parameters())

@@ -62,7 +62,12 @@ class MicroConditioned(Denoising):
         condition: bool = True
 
     def __init__(
-        self, cfg: Config, spec: DataSpec, deps: Dependencies, primary: nn.Module | None = None, for_training: bool = True
+        self,
+        cfg: Config,
+        spec: DataSpec,
+        deps: Dependencies,
+        primary: nn.Module | None = None,
+        for_training: bool = True,
     ) -> None:
         super().__init__(cfg, spec, deps, primary, for_training)
         a = self.args

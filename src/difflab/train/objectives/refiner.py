@@ -34,7 +34,12 @@ class Refiner(Denoising):
         t_max: float = 0.2
 
     def __init__(
-        self, cfg: Config, spec: DataSpec, deps: Dependencies, primary: nn.Module | None = None, for_training: bool = True
+        self,
+        cfg: Config,
+        spec: DataSpec,
+        deps: Dependencies,
+        primary: nn.Module | None = None,
+        for_training: bool = True,
     ) -> None:
         super().__init__(cfg, spec, deps, primary, for_training)
         if not 0 < self.args.t_max <= 1:

@@ -75,17 +75,26 @@ class RetrievalConditioned(Denoising):
         context_dropout: float = 0.1
 
     def __init__(
-        self, cfg: Config, spec: DataSpec, deps: Dependencies, primary: nn.Module | None = None, for_training: bool = True
+        self,
+        cfg: Config,
+        spec: DataSpec,
+        deps: Dependencies,
+        primary: nn.Module | None = None,
+        for_training: bool = True,
     ) -> None:
         super().__init__(cfg, spec, deps, primary, for_training)
         from difflab.retrieval import feature_checksum
 
         a = self.args
         if a.k < 1 or not 0 <= a.context_dropout < 1:
-            raise ConfigError(f"objective.args needs k >= 1 and 0 <= context_dropout < 1, got {a.k}, {a.context_dropout}")
+            raise ConfigError(
+                f"objective.args needs k >= 1 and 0 <= context_dropout < 1, got {a.k}, {a.context_dropout}"
+            )
         cdim = getattr(self.net, "config", {}).get("context_dim")
         if not cdim:
-            raise ConfigError("objective 'retrieval' needs a U-Net with cross-attention: set model.args.context_dim (128)")
+            raise ConfigError(
+                "objective 'retrieval' needs a U-Net with cross-attention: set model.args.context_dim (128)"
+            )
         self.checksum = feature_checksum(a.feature)
         self.db: RetrievalDatabase | None = None
 
@@ -93,7 +102,9 @@ class RetrievalConditioned(Denoising):
         a = self.args
         db = RetrievalDatabase.build(data["x"], a.feature, data.get("y"), index=a.index)
         if db.dim != self.net.config["context_dim"]:
-            raise ConfigError(f"model.args.context_dim = {self.net.config['context_dim']}, the feature network gives {db.dim}")
+            raise ConfigError(
+                f"model.args.context_dim = {self.net.config['context_dim']}, the feature network gives {db.dim}"
+            )
         db.save(Path(self.cfg.train.out) / "retrieval")
         n = len(db)
         ids = torch.cat([db.search(db.embeddings[i : i + 4096], a.k, exclude=torch.arange(i, min(i + 4096, n)))[0]
