@@ -47,17 +47,21 @@ def train(args) -> None:
 def time_steps(args) -> dict:
     """Seconds per training step of the base model and of the ControlNet (same batch size, same
     data, alternating rounds so that machine load affects both alike)."""
-    torch.set_num_threads(2)
+    th = args.threads
+    torch.set_num_threads(th)
     base_cfg = load_run(args.base).cfg
     tmp = Path(args.out).parent / "timing_tmp"
-    ctl = Trainer(_cfg(args, f"train.out='{tmp}/cn'", "train.threads=2"), progress=False, log=lambda s: None)
+    lim = [f"data.limit={args.limit}"] if args.limit else []
+    ctl = Trainer(_cfg(args, f"train.out='{tmp}/cn'", f"train.threads={th}", *lim), progress=False, log=lambda s: None)
     from dataclasses import replace
 
-    bcfg = replace(base_cfg, train=replace(base_cfg.train, out=str(tmp / "base"), threads=2))
+    bcfg = replace(base_cfg, train=replace(base_cfg.train, out=str(tmp / "base"), threads=th))
+    if args.limit:
+        bcfg = replace(bcfg, data=replace(bcfg.data, limit=args.limit))
     base = Trainer(bcfg, progress=False, log=lambda s: None)
     g = torch.Generator().manual_seed(0)
     n = ctl.dataset["x"].shape[0]
-    rounds, per = 6, 8
+    rounds, per = args.rounds, args.per
     tb, tc = [], []
     for r in range(rounds + 1):
         idx = torch.randint(0, n, (per, 64), generator=g)
@@ -74,6 +78,8 @@ def time_steps(args) -> dict:
         "rounds": rounds,
         "steps_per_round": per,
         "batch_size": 64,
+        "threads": th,
+        "clock": "process CPU time (time.process_time), alternating rounds after one warm-up round",
     }
     print(json.dumps(res, indent=1))
     return res
@@ -167,6 +173,10 @@ def main() -> None:
     p.add_argument("--out", default="/work/runs/control/fashion_controlnet_edges")
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=6, help="timing: alternating rounds (after one warm-up round)")
+    p.add_argument("--per", type=int, default=8, help="timing: training steps per round and model")
+    p.add_argument("--threads", type=int, default=2, help="timing: torch threads")
+    p.add_argument("--limit", type=int, default=0, help="timing: use only this many training images (0: all)")
     args = p.parse_args()
     f = RESULTS / "controlnet.json"
     results = json.loads(f.read_text()) if f.exists() else {}
