@@ -7,7 +7,7 @@ TORCH ?= 2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-torch-$(TORCH)
-EXTRAS ?= dev,text,interop,ui
+EXTRAS ?= dev,text,interop,retrieval,ui
 
 .PHONY: venv test demo lint bench clean check-wheel
 

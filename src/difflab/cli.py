@@ -1,8 +1,12 @@
-"""The ``difflab`` command line: ``train``, ``sample``, ``eval`` and ``demo``.
+"""The ``difflab`` command line: ``train``, ``sample``, ``edit``, ``eval`` and ``demo``.
 
 difflab train configs/digits.toml --set train.steps=2000
 torchrun --nproc_per_node=2 -m difflab train configs/digits.toml    # data-parallel, see train/distributed.py
 difflab sample runs/digits --solver dpmpp_2m --steps 20 --n 64 --seed 0 --out samples.png
+difflab sample runs/fashion_controlnet_edges --control edges.png --label 7 --guidance 2 --out c.png
+difflab sample runs/fashion_ddpm_cond --refiner runs/fashion_refiner --switch 0.2 --out r.png
+difflab edit runs/fashion_ddpm_cond --image in.png --strength 0.6 --out out.png     # SDEdit
+difflab edit runs/fashion_ddpm_cond --image in.png --mask mask.png --out out.png   # inpainting
 difflab eval runs/fm --metrics fid,kid,pr,nll --solver dpmpp_2m --steps 20 --out eval.json
 difflab demo --out demo
 difflab serve runs/digits runs/fm --port 7860                          # a web page (pip install 'difflab[ui]')
@@ -97,6 +101,8 @@ SAMPLE_OPTIONS: dict[str, dict] = {
         "type": float,
         "help": "classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
     },
+    "refiner": {"help": "a refiner run that denoises below --switch (base + refiner, SDXL / eDiff-I)"},
+    "switch": {"type": float, "help": "time t (t = 0 data) below which the refiner takes over (default 0.2)"},
 }
 
 
@@ -134,6 +140,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--batch-size", type=int, default=256)
+    _control_arguments(s)
+
+    ed = sub.add_parser("edit", help="edit an image with a run: SDEdit (--strength) or inpainting (--mask)")
+    ed.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
+    ed.add_argument("--image", required=True, help="the image to edit (PNG of the model's size)")
+    ed.add_argument("--mask", default=None, help="inpainting mask PNG: white = generated, black = kept (as diffusers)")
+    ed.add_argument(
+        "--strength", type=float, default=None, help="noise the image to t0 = strength * t_max (default 1 with --mask)"
+    )
+    ed.add_argument("--resamplings", type=int, default=None, help="RePaint resamplings when inpainting (default 1)")
+    for name, kw in SAMPLE_OPTIONS.items():
+        ed.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **kw)
+    ed.add_argument("--n", type=int, default=1, help="number of edits of the image (different seeds)")
+    ed.add_argument("--seed", type=int, default=0)
+    ed.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    ed.add_argument("--batch-size", type=int, default=256)
+    ed.add_argument("--out", default="edit.png", help="output .png (the edits) or .npz (array 'samples' in [0, 1])")
+    _control_arguments(ed)
 
     e = sub.add_parser("eval", help="measure a checkpoint: FID, KID, precision/recall, accuracy, test-set NLL")
     e.add_argument("ckpt", help="a run directory (its latest checkpoint) or a checkpoints/step_* directory")
@@ -176,6 +200,63 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _control_arguments(p: argparse.ArgumentParser) -> None:
+    """The control options of ``sample`` and ``edit``."""
+    p.add_argument("--control", default=None, help="control hint PNG for a ControlNet run (e.g. an edge map)")
+    p.add_argument("--crop", default=None, help="crop micro-conditioning TOP,LEFT (0,0: an uncropped object)")
+    p.add_argument(
+        "--orig-size", default=None, help="original-size micro-conditioning H,W or S (the native size: sharp)"
+    )
+    p.add_argument("--database", default=None, help="retrieval database directory for a retrieval-conditioned run")
+
+
+def _pair(text: str | None, what: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{what} must be integers like 0,0, got {text!r}") from None
+    if len(vals) == 1 and what == "--orig-size":
+        vals = vals * 2
+    if len(vals) != 2:
+        raise UsageError(f"{what} needs two integers A,B, got {text!r}")
+    return vals[0], vals[1]
+
+
+def read_png(path: str, shape: tuple[int, ...], what: str, binary: bool = False):
+    """A PNG as a (1, C, H, W) tensor in [0, 1] for a model of item ``shape`` (C, H, W): the size
+    and channels must match (no silent resizing); ``binary``: only black and white pixels."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: no such file")
+    try:
+        img = Image.open(p)
+        img.load()
+    except OSError as e:
+        raise UsageError(f"{what} {path} is not an image: {e}") from None
+    c, h, w = shape
+    if img.size != (w, h):
+        raise UsageError(f"{what} {path} is {img.size[0]}x{img.size[1]}, the model takes {w}x{h}")
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise UsageError(f"{what}: the model takes {c}-channel images, which PNG files do not hold")
+    bands = [b for b in img.getbands() if b != "A"]
+    if img.mode != "P" and len(bands) != c:
+        raise UsageError(f"{what} {path} has {len(bands)} channel(s) (mode {img.mode}), the model takes {c}")
+    arr = np.asarray(img.convert(mode), dtype=np.float32)
+    if binary and not np.isin(arr, (0.0, 255.0)).all():
+        bad = int((~np.isin(arr, (0.0, 255.0))).sum())
+        raise UsageError(f"{what} {path} must be black and white only; {bad} pixels are grey (threshold it first)")
+    x = torch.from_numpy(arr / 255.0)
+    x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
+    return x.float()
 
 
 def _save_samples(x, out: Path, model=None) -> None:
@@ -223,8 +304,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def sample_options(args: argparse.Namespace, model) -> dict:
     """The generate() options the user set on the command line (None = not given), checked
     against what the run's model takes."""
-    opts = {k: getattr(args, k, None) for k in SAMPLE_OPTIONS}
+    opts = {k: getattr(args, k, None) for k in (*SAMPLE_OPTIONS, "strength", "resamplings")}
     opts = {k: v for k, v in opts.items() if v is not None}
+    shape = getattr(model, "shape", None)
+    if getattr(args, "control", None) is not None:
+        opts["hint"] = read_png(args.control, _hint_shape(model), "--control")
+    if getattr(args, "crop", None) is not None:
+        opts["crop"] = _pair(args.crop, "--crop")
+    if getattr(args, "orig_size", None) is not None:
+        opts["orig_size"] = _pair(args.orig_size, "--orig-size")
+    if getattr(args, "database", None) is not None:
+        opts["database"] = args.database
+    if getattr(args, "image", None) is not None:
+        opts["image"] = read_png(args.image, shape, "--image") * 2 - 1
+    if getattr(args, "mask", None) is not None:
+        opts["mask"] = read_png(args.mask, (1, *shape[1:]), "--mask", binary=True)
     try:
         model.check_options(opts)
     except ValueError as e:
@@ -250,6 +344,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
     state = model.state
     print(
         f"{args.n} samples from {state['path']} (step {state['step']}) in {time.perf_counter() - t0:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+def _hint_shape(model) -> tuple[int, ...]:
+    controls = getattr(getattr(model, "net", None), "controls", None)
+    if not controls:
+        raise UsageError("--control needs a ControlNet run (objective 'controlnet')")
+    cn = controls[0]
+    return (cn.hint_channels, cn.hint_size, cn.hint_size)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from difflab.train import CheckpointError, ConfigError, load_run
+
+    if args.n < 1:
+        raise UsageError("--n must be positive")
+    if args.mask is None and args.strength is None:
+        raise UsageError("difflab edit needs --strength (SDEdit) or --mask (inpainting)")
+    if args.mask is None and args.resamplings is not None:
+        raise UsageError("--resamplings is for inpainting (give --mask)")
+    model = load_run(args.ckpt, use_ema=not args.no_ema)
+    if getattr(model, "shape", None) is None or len(model.shape) != 3:
+        raise UsageError(f"difflab edit needs an image model, {args.ckpt} is a {model.kind} model")
+    opts = sample_options(args, model)
+    t0 = time.perf_counter()
+    try:
+        x = model.generate(args.n, args.seed, batch_size=args.batch_size, progress=True, **opts)
+    except ValueError as e:
+        if isinstance(e, UsageError | ConfigError | CheckpointError):
+            raise
+        raise UsageError(str(e)) from None
+    _save_samples(x, Path(args.out), model)
+    what = "inpainted" if args.mask else f"SDEdit at strength {args.strength}"
+    print(
+        f"{args.n} edit(s) ({what}) of {args.image} with {model.state['path']} in {time.perf_counter() - t0:.1f} s -> {args.out}"
     )
     return 0
 
@@ -395,7 +525,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "serve": cmd_serve}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "edit": cmd_edit,
+    "eval": cmd_eval,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

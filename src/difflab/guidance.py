@@ -39,7 +39,9 @@ def _check_scale(scale: float, what: str) -> float:
 
 
 def _null_like(value: Any, null: Any) -> Any:
-    """The unconditional stand-in for one conditioning value."""
+    """The unconditional stand-in for one conditioning value (None: the keyword is left out)."""
+    if null is None:
+        return None
     if isinstance(null, Tensor):
         return null.expand_as(value) if isinstance(value, Tensor) and null.shape != value.shape else null
     if isinstance(value, Tensor) and not isinstance(null, Tensor):
@@ -67,7 +69,9 @@ def cfg(
         den: a conditional denoiser ``den(x, t, **cond)`` trained with condition dropout.
         scale: w (``convention='w'``: 0 is conditional) or s (``'s'``: 1 is conditional).
         null: the unconditional value of each conditioning keyword, e.g. ``{'y': num_classes}``
-            (a null label) or ``{'context': null_embedding}``; default ``{'y': -1}``.
+            (a null label) or ``{'context': null_embedding}``; default ``{'y': -1}``.  A null of
+            ``None`` leaves the keyword out of the unconditional call (e.g. ``{'hint': None}``:
+            a ControlNet's control in the conditional branch only).
         interval: apply guidance only for t in [t_lo, t_hi] (Kynkaanniemi et al. 2024).
 
     The conditional and unconditional evaluations are batched into one call of ``den``
@@ -95,7 +99,8 @@ def cfg(
             return den(x, t, **cond)
         b = x.shape[0]
         uncond = {k: (_null_like(v, null[k]) if k in null else v) for k, v in cond.items()}
-        both = {k: _concat(cond[k], uncond[k]) for k in cond}
+        uncond = {k: v for k, v in uncond.items() if v is not None}
+        both = {k: _concat(cond[k], uncond.get(k)) for k in cond}
         if all(v is not None for v in both.values()):
             out = den(torch.cat([x, x]), torch.cat([tb, tb]), **both)
             x0_c, x0_u = out[:b], out[b:]

@@ -125,6 +125,7 @@ def sample_times(
     p_mean: float = -1.2,
     p_std: float = 1.2,
     t_eps: float | None = None,
+    t_hi: float | None = None,
 ) -> Tensor:
     """n training times (float64) drawn by ``kind``:
 
@@ -134,16 +135,26 @@ def sample_times(
     - ``lognormal``: ln(sigma_t / alpha_t) ~ N(p_mean, p_std^2) (Karras et al. 2022, Sec. 5);
     - ``logit_normal``: t = sigmoid(N(p_mean, p_std^2)) (Esser et al. 2024, eq. 19; use p_mean = 0, p_std = 1);
     - ``levels``: one of NCSN's L noise levels (``VE.ncsn``; Song & Ermon 2019).
+
+    ``t_hi`` restricts ``uniform`` / ``discrete`` times to t <= t_hi (a low-noise expert such as
+    SDXL's refiner, trained on the first 200 of 1000 steps: Podell et al. 2023, Sec. 2.5).
     """
     device = torch.device(device)
+    if t_hi is not None:
+        if kind not in ("uniform", "discrete"):
+            raise ValueError(f"a time limit t_hi needs time_sampling 'uniform' or 'discrete', got {kind!r}")
+        if not 0 < t_hi <= schedule.t_max:
+            raise ValueError(f"t_hi must be in (0, t_max = {schedule.t_max}], got {t_hi}")
     if kind == "discrete" or (kind == "uniform" and schedule.T is not None):
         if schedule.T is None:
             raise ValueError(f"time_sampling 'discrete' needs a discrete schedule, got {schedule!r}")
-        i = torch.randint(0, schedule.T, (n,), generator=generator, device=device)
+        top = schedule.T if t_hi is None else max(1, round(t_hi * schedule.T))
+        i = torch.randint(0, top, (n,), generator=generator, device=device)
         return (i + 1).to(torch.float64) / schedule.T
     lo = schedule.t_min if t_eps is None else t_eps
     if kind == "uniform":
-        return lo + (schedule.t_max - lo) * _gen_rand((n,), generator, device, False)
+        hi = schedule.t_max if t_hi is None else t_hi
+        return lo + (hi - lo) * _gen_rand((n,), generator, device, False)
     if kind == "lognormal":
         log_sig = p_mean + p_std * _gen_rand((n,), generator, device, True)
         lam_lo, lam_hi = float(schedule.lam(schedule.t_max)), float(schedule.lam(max(lo, 1e-12)))
@@ -376,6 +387,8 @@ class DiffusionLoss:
     p_std: float = 1.2
     vlb_weight: float = 0.001
     importance: ImportanceSampler | None = field(default=None, repr=False)
+    #: train only on t <= t_max (a low-noise refiner expert); None: the whole schedule
+    t_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("denoising", "vlb", "hybrid"):
@@ -394,7 +407,9 @@ class DiffusionLoss:
             self.importance = self.importance or ImportanceSampler(_check_discrete(self.schedule).T)
 
     def times(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-        return sample_times(self.time_sampling, self.schedule, n, generator, device, self.p_mean, self.p_std)
+        return sample_times(
+            self.time_sampling, self.schedule, n, generator, device, self.p_mean, self.p_std, t_hi=self.t_max
+        )
 
     def __call__(
         self, model: Callable[..., Tensor], x0: Tensor, generator: torch.Generator | None = None, **cond

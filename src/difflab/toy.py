@@ -155,6 +155,39 @@ class GaussianMixture:
         x = self.means[k] + torch.einsum("nij,nj->ni", self.evecs[k], z * self.evals[k].sqrt())
         return (x, k) if return_labels else x
 
+    def conditional(self, known: Sequence[int] | Tensor, values: Sequence[float] | Tensor) -> GaussianMixture:
+        """The exact conditional p(x_u | x_k = values) of the unknown coordinates given the
+        coordinates ``known`` (indices), itself a Gaussian mixture over the remaining
+        coordinates in increasing order (Bishop 2006, eqs. 2.81-2.82, per component):
+
+            mu_{u|k} = mu_u + S_uk S_kk^{-1} (x_k - mu_k),   S_{u|k} = S_uu - S_uk S_kk^{-1} S_ku,
+            w'_j proportional to w_j N(x_k; mu_{j,k}, S_{j,kk}).
+
+        Component labels are kept, so ``conditional(...).posterior_mean(..., y=c)`` conditions on
+        a class as well.  Needs each component's S_kk to be non-singular."""
+        idx = torch.as_tensor(known, dtype=torch.long).flatten()
+        if idx.numel() == 0 or idx.numel() >= self.dim or len(set(idx.tolist())) != idx.numel():
+            raise ValueError(
+                f"known must list distinct coordinates, at least one and not all {self.dim}: {idx.tolist()}"
+            )
+        if int(idx.min()) < 0 or int(idx.max()) >= self.dim:
+            raise ValueError(f"known coordinates {idx.tolist()} are outside 0..{self.dim - 1}")
+        xk = torch.as_tensor(values, dtype=_F64).flatten()
+        if xk.shape != idx.shape:
+            raise ValueError(f"need one value per known coordinate ({idx.numel()}), got {xk.numel()}")
+        u = torch.tensor([i for i in range(self.dim) if i not in set(idx.tolist())], dtype=torch.long)
+        S = self.covs
+        S_kk, S_uk, S_uu = S[:, idx][:, :, idx], S[:, u][:, :, idx], S[:, u][:, :, u]
+        r = xk[None] - self.means[:, idx]  # (K, k)
+        L = torch.linalg.cholesky(S_kk)
+        sol = torch.cholesky_solve(r[:, :, None], L)[:, :, 0]  # S_kk^{-1} r
+        means = self.means[:, u] + torch.einsum("kuj,kj->ku", S_uk, sol)
+        covs = S_uu - S_uk @ torch.cholesky_solve(S_uk.transpose(1, 2), L)
+        logdet = 2 * torch.diagonal(L, dim1=1, dim2=2).log().sum(1)
+        logw = self.weights.log() - 0.5 * (r * sol).sum(1) - 0.5 * logdet
+        # a far component's weight may underflow to 0; the constructor wants positive weights
+        return GaussianMixture(torch.softmax(logw, 0).clamp_min(1e-300), means, covs=covs, labels=self.labels)
+
     def component_of(self, x: Tensor) -> Tensor:
         """Most probable component of each data point (for mode-weight statistics)."""
         return self._log_components(

@@ -7,10 +7,12 @@
 - :func:`perceptual_distance`: an LPIPS-form distance between image pairs (Zhang et al. 2018)
   on the shipped feature networks' layers.
 - :func:`classifier_accuracy` of class-conditional samples under a shipped classifier.
+- :func:`edge_f1`: adherence of samples to an edge-map control (ControlNet).
 - :func:`evaluate`: samples + real data + metric names -> dict (what ``difflab eval`` calls).
 """
 
 from difflab.metrics.accuracy import classifier_accuracy, per_class_accuracy
+from difflab.metrics.adherence import edge_f1
 from difflab.metrics.evaluate import METRICS, evaluate
 from difflab.metrics.features import SHIPPED, FeatureNet, feature_net, load_classifier, shipped_info
 from difflab.metrics.fid import fid, frechet_distance, gaussian_stats
@@ -25,6 +27,7 @@ __all__ = [
     "FeatureNet",
     "PerceptualDistance",
     "classifier_accuracy",
+    "edge_f1",
     "evaluate",
     "feature_net",
     "fid",

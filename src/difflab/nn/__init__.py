@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from difflab.nn.autoencoder import AutoencoderKL
+from difflab.nn.controlnet import ControlledUNet, ControlNet
 from difflab.nn.discriminator import PatchDiscriminator
 from difflab.nn.dit import DiT
 from difflab.nn.embeddings import FourierEmbedding, SinusoidalEmbedding
@@ -20,6 +21,7 @@ from difflab.nn.unet import UNet
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "autoencoder_kl": AutoencoderKL,
+    "controlnet": ControlNet,
     "dit": DiT,
     "mlp": MLP,
     "noisy_classifier": NoisyClassifier,
@@ -31,6 +33,8 @@ __all__ = [
     "MLP",
     "NETWORKS",
     "AutoencoderKL",
+    "ControlNet",
+    "ControlledUNet",
     "DiT",
     "FourierEmbedding",
     "NoisyClassifier",

@@ -60,3 +60,31 @@ def time_mlp(kind: str, dim: int, emb_dim: int, scale: float | None = None) -> n
     return nn.Sequential(
         time_embedding(kind, dim, scale), nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
     )
+
+
+class MicroConditioning(nn.Module):
+    """SDXL's micro-conditioning (Podell et al. 2023, Sec. 2.2, "Micro-Conditioning"): a few
+    scalars describing the training image -- its original size (h, w) before rescaling, the crop
+    (top, left) cut from it and the target size (h, w) -- each embedded by the sinusoidal
+    (Fourier) features used for time (``dim`` each, frequencies for integer pixel counts), the
+    embeddings concatenated and mapped by Linear -> SiLU -> Linear to ``emb_dim``, to be added to
+    the time embedding (SDXL's ``add_time_proj`` / ``add_embedding``).  The concatenation keeps
+    the slots apart: (h, w) = (20, 28) and (28, 20) embed differently."""
+
+    def __init__(self, emb_dim: int, dim: int = 64, num_values: int = 6) -> None:
+        super().__init__()
+        self.num_values = num_values
+        self.fourier = SinusoidalEmbedding(dim)
+        self.mlp = nn.Sequential(nn.Linear(num_values * dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def features(self, values: Tensor) -> Tensor:
+        """The concatenated Fourier features (B, num_values * dim) of values (B, num_values)."""
+        if values.dim() != 2 or values.shape[1] != self.num_values:
+            raise ValueError(
+                f"micro-conditioning needs (B, {self.num_values}) values (original h, w, crop top, left, "
+                f"target h, w), got {tuple(values.shape)}"
+            )
+        return self.fourier(values.reshape(-1)).reshape(values.shape[0], -1)
+
+    def forward(self, values: Tensor) -> Tensor:
+        return self.mlp(self.features(values).to(self.mlp[0].weight.dtype))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.nn.embeddings import time_mlp
+from difflab.nn.embeddings import MicroConditioning, time_mlp
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -79,7 +79,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
         self.cross = None
-        if context_dim is not None:
+        if context_dim:  # None (or 0 / false in a config): no cross-attention
             self.cross_norm = _norm(ch, groups)
             self.cross_q = nn.Linear(ch, ch)
             self.cross_kv = nn.Linear(context_dim, 2 * ch)
@@ -125,7 +125,53 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class UNet(nn.Module):
+class UNetEncoder(nn.Module):
+    """The encoder half of a U-Net, shared by :class:`UNet` and
+    :class:`~difflab.nn.controlnet.ControlNet`: the time (label, micro-conditioning) embedding
+    and the input convolution, down blocks and middle block.  Subclasses own the modules
+    ``temb``, ``label``, optionally ``micro``, ``inp``, ``down`` and ``mid``, and ``image_size``."""
+
+    def embed(self, x: Tensor, t: Tensor, y: Tensor | None = None, micro_cond: Tensor | None = None) -> Tensor:
+        """The embedding every residual block is conditioned on: SiLU(time + label + micro)."""
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        emb = self.temb(t)
+        if self.label is not None:
+            if y is None:  # no label: the null token (classifier-free guidance's unconditional model)
+                y = torch.full((x.shape[0],), self.label.num_embeddings - 1, dtype=torch.long, device=x.device)
+            emb = emb + self.label(y)
+        micro = getattr(self, "micro", None)
+        if micro is not None:
+            if micro_cond is None:  # an uncropped image at the native size
+                size = float(self.image_size)
+                micro_cond = x.new_tensor([size, size, 0.0, 0.0, size, size]).expand(x.shape[0], 6)
+            emb = emb + micro(micro_cond)
+        elif micro_cond is not None:
+            raise ValueError("micro_cond given, but this U-Net was built without micro_conditioning")
+        return F.silu(emb).to(x.dtype)
+
+    def _run(self, blk: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
+        for m in blk:
+            if isinstance(m, ResBlock):
+                h = m(h, emb)
+            elif isinstance(m, AttentionBlock):
+                h = m(h, context, mask)
+            else:
+                h = m(h)
+        return h
+
+    def encode(
+        self, h: Tensor, emb: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor]:
+        """From the input features ``h`` = inp(x) (plus a hint's, in a ControlNet): the skip
+        tensors (h and every down block's output) and the middle block's output."""
+        hs = [h]
+        for blk in self.down:
+            h = self._run(blk, h, emb, context, context_mask)
+            hs.append(h)
+        return hs, self._run(self.mid, h, emb, context, context_mask)
+
+
+class UNet(UNetEncoder):
     """``net(x, t, y=None, context=None, context_mask=None) -> out`` for images (B, C, H, W).
 
     Args:
@@ -150,6 +196,15 @@ class UNet(nn.Module):
             eq. 7).  At high noise an eps-prediction net must return eps_hat = x_t with gain exactly 1
             whatever the amplitude of x_t, which GroupNorm (it divides each sample's amplitude out)
             makes hard to learn; ``benchmarks/train_quality.py`` measures the effect on samples.
+        micro_conditioning: SDXL's size and crop conditioning (Podell et al. 2023, Sec. 2.2):
+            ``micro_cond`` (B, 6) = (original height, width, crop top, left, target height, width)
+            in pixels, each Fourier-embedded and added to the time embedding
+            (:class:`~difflab.nn.embeddings.MicroConditioning`).  Default when not passed: an
+            uncropped image of the native size, (S, S, 0, 0, S, S).
+
+    Control hooks (ControlNet, Zhang et al. 2023): ``down_residuals`` (one tensor per skip
+    connection, shaped as the skips) are added to the skips and ``mid_residual`` to the middle
+    block's output; see :mod:`difflab.nn.controlnet`.  Without them the network is unchanged.
 
     Where the FLOPs go: a 3x3 convolution costs ``H * W * C_in * C_out``, so a block at 32x32
     costs 16 times one of the same width at 8x8.  For fast training on a CPU put the blocks
@@ -176,6 +231,7 @@ class UNet(nn.Module):
         learned_variance: bool = False,
         groups: int = 32,
         input_skip: bool = False,
+        micro_conditioning: bool = False,
     ) -> None:
         super().__init__()
         levels = len(channel_mults)
@@ -205,11 +261,15 @@ class UNet(nn.Module):
             groups=groups,
             input_skip=input_skip,
         )
-        self.in_channels = in_channels
+        if micro_conditioning:  # only when on: the configs (and checksums) of other U-Nets stay as they were
+            self.config["micro_conditioning"] = True
+        self.in_channels, self.image_size = in_channels, image_size
         self.out_channels = in_channels * (2 if learned_variance else 1)
         emb_dim = 4 * channels
         self.temb = time_mlp(time_embedding, channels, emb_dim, time_scale)
         self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        if micro_conditioning:  # an attribute only when on, so other U-Nets keep their parameter names
+            self.micro = MicroConditioning(emb_dim, channels)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         def attn(ch: int) -> AttentionBlock:
@@ -229,6 +289,7 @@ class UNet(nn.Module):
             if lvl < levels - 1:
                 self.down.append(nn.ModuleList([Downsample(ch)]))
                 skips.append(ch)
+        self.skip_channels: list[int] = list(skips)  # what a ControlNet's zero convolutions feed
         self.mid = nn.ModuleList(
             [ResBlock(ch, ch, emb_dim, dropout, groups), attn(ch), ResBlock(ch, ch, emb_dim, dropout, groups)]
         )
@@ -246,16 +307,6 @@ class UNet(nn.Module):
         self.out = nn.Sequential(_norm(ch, groups), nn.SiLU(), _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
         self.c_skip = _zero(nn.Linear(emb_dim, in_channels)) if input_skip else None
 
-    def _run(self, blk: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None, mask: Tensor | None) -> Tensor:
-        for m in blk:
-            if isinstance(m, ResBlock):
-                h = m(h, emb)
-            elif isinstance(m, AttentionBlock):
-                h = m(h, context, mask)
-            else:
-                h = m(h)
-        return h
-
     def forward(
         self,
         x: Tensor,
@@ -263,22 +314,22 @@ class UNet(nn.Module):
         y: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        micro_cond: Tensor | None = None,
+        down_residuals: Sequence[Tensor] | None = None,
+        mid_residual: Tensor | None = None,
     ) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        emb = self.temb(t)
-        if self.label is not None:
-            if y is None:  # no label: the null token (classifier-free guidance's unconditional model)
-                y = torch.full((x.shape[0],), self.label.num_embeddings - 1, dtype=torch.long, device=x.device)
-            emb = emb + self.label(y)
-        emb = F.silu(emb).to(x.dtype)
-        h = self.inp(x)
-        hs = [h]
-        for blk in self.down:
-            h = self._run(blk, h, emb, context, context_mask)
-            hs.append(h)
-        h = self._run(self.mid, h, emb, context, context_mask)
+        emb = self.embed(x, t, y, micro_cond)
+        hs, h = self.encode(self.inp(x), emb, context, context_mask)
+        if down_residuals is not None:  # ControlNet (Zhang et al. 2023, eq. 2): added to every skip
+            if len(down_residuals) != len(hs):
+                raise ValueError(
+                    f"down_residuals needs one tensor per skip connection ({len(hs)}), got {len(down_residuals)}"
+                )
+            hs = [a + r for a, r in zip(hs, down_residuals)]
+        if mid_residual is not None:
+            h = h + mid_residual
         for blk in self.up:
             h = self._run(blk, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         out = self.out(h)

@@ -162,6 +162,14 @@ class DiffusionModel(Model):
         "label": "class label for class-conditional models",
         "prompt": "text prompt for text-conditional models",
         "guidance": "classifier-free guidance weight w (eps = (1+w) eps_c - w eps_u; 0: plain conditional)",
+        "image": "edit this image (1 or n, C, H, W) in [-1, 1] instead of sampling from noise (SDEdit / inpainting)",
+        "mask": "inpainting mask (H, W) or (1 or n, 1, H, W): 1 = generate, 0 = keep the image (needs image)",
+        "strength": "edit strength in [0, 1]: the image is noised to t0 = strength * t_max (default 1 with a mask)",
+        "resamplings": "RePaint resamplings per jump when inpainting (1: replacement only)",
+        "refiner": "a refiner run (or Model) that denoises below the switch time",
+        "switch": "the time t (t = 0 data) below which the refiner takes over (default 0.2)",
+        "crop": "(top, left) crop micro-conditioning for micro-conditioned models (SDXL); (0, 0): uncropped",
+        "orig_size": "(h, w) original-size micro-conditioning (SDXL); the native size asks for a sharp image",
     }
 
     def __init__(
@@ -256,6 +264,14 @@ class DiffusionModel(Model):
         guidance: float | None = None,
         guide: Callable[[DenoiserFn], DenoiserFn] | None = None,
         return_nfe: bool = False,
+        image: Tensor | None = None,
+        mask: Tensor | None = None,
+        strength: float | None = None,
+        resamplings: int = 1,
+        refiner: Any = None,
+        switch: float = 0.2,
+        crop: Sequence[int] | None = None,
+        orig_size: Sequence[int] | None = None,
         **cond: Any,
     ) -> Tensor | tuple[Tensor, int]:
         """n samples (decoded when the model has a decoder).
@@ -268,12 +284,23 @@ class DiffusionModel(Model):
             guide: any denoiser -> denoiser wrapper (classifier guidance, a counted wrapper, ...),
                 applied after classifier-free guidance.
             return_nfe: also return the network evaluations per sample.
+            image, mask, strength, resamplings: edit ``image`` instead of sampling from the prior:
+                SDEdit (:func:`difflab.editing.sdedit`) at ``strength``, or with ``mask`` inpainting
+                (:func:`difflab.editing.inpaint`, strength 1 by default).
+            refiner, switch: hand over to a refiner run below t = ``switch``
+                (:class:`difflab.experts.Handover`; guidance applies to both experts).
+            crop, orig_size: SDXL micro-conditioning (models trained with it).
             cond: further conditioning, per sample when it is a tensor with n rows.
         """
         from difflab import guidance as dl_guidance
 
         per, null = self.conditioning(n, label, prompt)
+        micro = self.micro_conditioning(n, crop, orig_size)
+        if micro is not None:
+            per["micro_cond"] = micro
         den = self.denoiser()
+        if refiner is not None:
+            den = self.handover(den, refiner, switch)
         if guidance:
             if not null:
                 raise ValueError("guidance needs a label or a prompt (classifier-free guidance)")
@@ -293,26 +320,109 @@ class DiffusionModel(Model):
         if self.net is not None:
             self.net.eval()
         try:
-            x, nfe = sample_batched(
-                den,
-                self.schedule,
-                self.shape,
-                n,
-                seed,
-                sol,
-                ts,
-                batch_size=batch_size,
-                callback=callback,
-                progress=progress,
-                per_sample=per,
-                **fixed,
-            )
+            if image is not None:
+                x, nfe = self._edit(den, sol, ts, n, seed, image, mask, strength, resamplings, batch_size, per, fixed)
+            elif mask is not None or strength is not None:
+                raise ValueError("mask and strength edit an image: pass image= too")
+            else:
+                x, nfe = sample_batched(
+                    den,
+                    self.schedule,
+                    self.shape,
+                    n,
+                    seed,
+                    sol,
+                    ts,
+                    batch_size=batch_size,
+                    callback=callback,
+                    progress=progress,
+                    per_sample=per,
+                    **fixed,
+                )
         finally:
             if self.net is not None:
                 self.net.train(was_training)
         if self.decode is not None:
             x = self.decode(x)
         return (x, nfe) if return_nfe else x
+
+    # --- control and editing ------------------------------------------------------------------
+    def micro_conditioning(self, n: int, crop: Sequence[int] | None, orig_size: Sequence[int] | None) -> Tensor | None:
+        """SDXL micro-conditioning values (n, 6) = (orig h, w, crop top, left, target h, w), or None."""
+        if crop is None and orig_size is None:
+            return None
+        if not getattr(self.net, "config", {}).get("micro_conditioning"):
+            raise ValueError(
+                "crop / orig_size need a model trained with micro-conditioning (model.args.micro_conditioning)"
+            )
+        size = self.shape[-1]
+        crop = (0, 0) if crop is None else tuple(crop)
+        orig = (size, size) if orig_size is None else tuple(orig_size)
+        if len(crop) != 2 or len(orig) != 2 or min(*crop) < 0 or min(*orig) < 1:
+            raise ValueError(
+                f"crop must be (top, left) >= 0 and orig_size (h, w) >= 1, got crop={crop}, orig_size={orig}"
+            )
+        return torch.tensor([[*orig, *crop, size, size]], dtype=torch.float32).expand(n, 6)
+
+    def handover(self, den: DenoiserFn, refiner: Any, switch: float) -> DenoiserFn:
+        """``den`` above t = ``switch``, the refiner run's (clipped) denoiser below it."""
+        from difflab.experts import Handover, check_experts
+
+        if isinstance(refiner, str | os.PathLike):
+            from difflab.train.runs import load_run
+
+            refiner = load_run(refiner)
+        if not isinstance(refiner, DiffusionModel):
+            raise ValueError(f"a refiner must be a diffusion run, got a {type(refiner).__name__}")
+        check_experts(self.schedule, refiner.schedule, self.shape, refiner.shape)
+        return Handover(den, refiner.denoiser(), switch)
+
+    def _edit(
+        self,
+        den: DenoiserFn,
+        sol: Any,
+        ts: Tensor,
+        n: int,
+        seed: int,
+        image: Tensor,
+        mask: Tensor | None,
+        strength: float | None,
+        resamplings: int,
+        batch_size: int,
+        per: dict[str, Tensor],
+        fixed: dict[str, Any],
+    ) -> tuple[Tensor, int]:
+        """SDEdit or inpainting of ``image`` (1 or n items), n results in batches."""
+        from difflab import editing
+
+        if not isinstance(image, Tensor) or tuple(image.shape[1:]) != self.shape or image.shape[0] not in (1, n):
+            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image must be (1 or {n}, {', '.join(map(str, self.shape))}) in [-1, 1], got {got}")
+        image = image.expand(n, *self.shape)
+        if strength is None:
+            if mask is None:
+                raise ValueError("an edit needs a strength in [0, 1] (SDEdit) or a mask (inpainting)")
+            strength = 1.0
+        if mask is not None:
+            editing.check_mask(mask, image)
+        out, nfe = [], 0
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            _, gens = prior_noise(self.shape, self.schedule, seed, start, m)
+            img = image[start : start + m]
+            c = {k: v[start : start + m] for k, v in per.items()} | fixed
+            if mask is None:
+                x, nfe = editing.sdedit(
+                    sol, den, self.schedule, img, ts, strength, generator=gens, final_denoise=True, return_nfe=True, **c
+                )
+            else:
+                mk = mask[start : start + m] if mask.dim() == 4 and mask.shape[0] == n else mask
+                x, nfe = editing.inpaint(
+                    sol, den, self.schedule, img, mk, ts, strength=strength, resamplings=resamplings,
+                    jump_length=max(1, (len(ts) - 1) // 10), generator=gens, final_denoise=True, return_nfe=True, **c,
+                )  # fmt: skip
+            out.append(x)
+        return torch.cat(out), nfe
 
 
 def item_shape(net: nn.Module) -> tuple[int, ...]:
