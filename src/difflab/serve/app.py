@@ -15,6 +15,7 @@ Concurrency: Gradio's queue holds at most ``Limits.queue`` waiting requests and 
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -64,10 +65,11 @@ def _make_widget(name: str, runs: dict[str, Served], first: Served, limits: Limi
         return gr.Dropdown(ch, value=ch[0], label="label", info=info, visible=visible, allow_custom_value=True)
     if name == "prompt":
         return gr.Textbox("", label="prompt", info=info, visible=visible)
-    if name in backend.FLOAT_OPTIONS:
-        return gr.Number(0.0 if name == "guidance" else None, label=name, info=info, visible=visible)
-    if name in backend.INT_OPTIONS:
-        return gr.Number(None, label=name, info=info, visible=visible)
+    if name == "guidance":
+        return gr.Number(0.0, label=name, info=info, visible=visible)
+    if name in backend.FLOAT_OPTIONS or name in backend.INT_OPTIONS:
+        # a text field: empty means the model's default (an empty number field would send 0)
+        return gr.Textbox("", label=name, info=info, visible=visible)
     if name in backend.IMAGE_OPTIONS or name in backend.MASK_OPTIONS:
         mode = "L" if name in backend.MASK_OPTIONS else "RGB"
         return gr.Image(None, label=name, type="numpy", image_mode=mode, sources=["upload"], visible=visible)
@@ -97,7 +99,7 @@ def build_app(runs: dict[str, Served], limits: Limits | None = None) -> gr.Block
                 run = gr.Dropdown(list(runs), value=first.name, label="run", allow_custom_value=True, elem_id="run")
                 widgets = {name: _widget(name, runs, first, limits) for name in names}
                 seed = gr.Textbox("0", label="seed", info="an integer >= 0", elem_id="seed")
-                n = gr.Number(16, label=f"number of images (1..{limits.max_n})", elem_id="n")
+                n = gr.Number(min(16, limits.max_n), label=f"number of images (1..{limits.max_n})", elem_id="n")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 grid = gr.Image(label="samples", type="pil", format="png", interactive=False, elem_id="grid")
@@ -131,6 +133,13 @@ def build_app(runs: dict[str, Served], limits: Limits | None = None) -> gr.Block
             print(f"difflab serve: {run_name}: {res.summary()}", flush=True)
             return res.grid, res.strip, f"**{res.summary()}**"
 
+        # name the API's parameters after the form's fields, each optional (None: the run's default), so that
+        # gradio_client calls read predict(run, seed, n, solver=..., steps=..., api_name="/generate")
+        P = inspect.Parameter
+        on_generate.__signature__ = inspect.Signature(
+            [P(name, P.POSITIONAL_OR_KEYWORD, default=None) for name in ("run", "seed", "n", *order)]
+            + [P("progress", P.KEYWORD_ONLY, default=gr.Progress())]
+        )
         button.click(
             on_generate,
             inputs=[run, seed, n, *widgets.values()],
