@@ -155,12 +155,14 @@ def test_the_api_endpoint_answers_gradio_client(server, run_dir):
     gc = require_module("gradio_client", "ui")
     client = gc.Client(server, verbose=False)
     assert "/generate" in client.view_api(return_format="dict")["named_endpoints"]
-    grid, strip, info = client.predict(str(run_dir), "3", 2, "dpmpp_2m", 5, "default", "4", 0.0, api_name="/generate")
+    grid, strip, info = client.predict(
+        str(run_dir), "3", 2, solver="dpmpp_2m", steps=5, label="4", api_name="/generate"
+    )
     x = load_run(run_dir).generate(2, 3, solver="dpmpp_2m", steps=5, label=4)
     assert same(Image.open(grid), images.grid_image(x, scale=12))
     assert Path(strip).is_file() and "NFE 5" in info
     with pytest.raises(gc.exceptions.AppError, match=r"steps must be between 1 and 12"):
-        client.predict(str(run_dir), "3", 2, "dpmpp_2m", 0, "default", "4", 0.0, api_name="/generate")
+        client.predict(str(run_dir), "3", 2, solver="dpmpp_2m", steps=0, api_name="/generate")
 
 
 class Gate(Model):
